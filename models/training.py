@@ -1,0 +1,156 @@
+"""One beta-VAE training step, usable without Ray (STYLE.md 3), and checkpoints.
+
+    trainer = VAETrainer(BetaVAE(VAEConfig(latent_dim=32), codec.decoder), device)
+    metrics = trainer.train_step(batch)      # {"train/loss": ..., "train/recon": ..., ...}
+    save_checkpoint(trainer, "ckpt/", {"codec": codec.spec.describe()})
+    load_checkpoint("ckpt/", trainer)
+
+Loss (DESIGN.md §2.3): multi-scale STFT + waveform L1 + beta * KL + lambda_smooth * L_smooth
++ lambda_pred * L_pred. A term whose weight is 0 is not added to the loss at all (and L_pred's
+predictor is not even built), so a zero weight means exactly zero influence on the gradients.
+L_smooth and L_pred act on the posterior means mu: the latents the diagnostics model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models import losses
+from models.runtime import autocast
+from models.vae import BetaVAE, LatentPredictor, VAEConfig
+
+CHECKPOINT_STATE = "state.pt"
+CHECKPOINT_META = "meta.json"
+
+
+@dataclass
+class Batch:
+    """Codec latents and the audio they came from, aligned frame by frame."""
+
+    features: torch.Tensor  # (B, 512, F)
+    audio: torch.Tensor  # (B, 1, F * 1920)
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.features.to(device, non_blocking=True), self.audio.to(device, non_blocking=True))
+
+
+class VAETrainer:
+    """Owns the VAE, the optional L_pred predictor and their optimisers; counts steps."""
+
+    def __init__(self, vae: BetaVAE, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.config: VAEConfig = vae.config
+        self.vae = vae.to(self.device).train()
+        trainable = [p for p in self.vae.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=self.config.lr, weight_decay=0.0)
+        self.predictor: LatentPredictor | None = None
+        self.pred_optimizer = None
+        if self.config.lambda_pred > 0:
+            self.predictor = LatentPredictor(
+                self.config.latent_dim, self.config.pred_context, self.config.pred_hidden
+            ).to(self.device)
+            self.pred_optimizer = torch.optim.AdamW(self.predictor.parameters(), lr=self.config.pred_lr)
+        self.step = 0
+
+    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Every loss term of `batch` and their weighted sum under "loss"."""
+        cfg = self.config
+        with autocast(self.device):
+            audio_hat, mu, logvar, _ = self.vae(batch.features)
+        terms = {
+            "stft": losses.multiscale_stft_loss(audio_hat, batch.audio, cfg.stft_windows),
+            "l1": losses.waveform_l1(audio_hat, batch.audio),
+            "kl": losses.gaussian_kl(mu, logvar),
+            "smooth": losses.smoothness_loss(mu),
+        }
+        terms["recon"] = terms["stft"] + terms["l1"]
+        loss = terms["recon"]
+        if cfg.beta > 0:
+            loss = loss + cfg.beta * terms["kl"]
+        if cfg.lambda_smooth > 0:
+            loss = loss + cfg.lambda_smooth * terms["smooth"]
+        if self.predictor is not None:
+            contexts, targets = losses.context_windows(mu.float(), cfg.pred_context)
+            terms["pred"] = torch.nn.functional.mse_loss(self.predictor(contexts), targets)
+            loss = loss + cfg.lambda_pred * terms["pred"]
+        terms["loss"] = loss
+        return terms
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        """One optimiser step on `batch`; returns namespaced scalars (`train/loss`, `train/kl`, ...)."""
+        batch = batch.to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.pred_optimizer is not None:
+            self.pred_optimizer.zero_grad(set_to_none=True)
+        terms = self.loss_terms(batch)
+        terms["loss"].backward()
+        if self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.vae.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        if self.pred_optimizer is not None:
+            self.pred_optimizer.step()
+        self.step += 1
+        return {f"train/{name}": value.item() for name, value in terms.items()}
+
+    def state_dict(self) -> dict:
+        state = {"step": self.step, "vae": self.vae.state_dict(), "optimizer": self.optimizer.state_dict()}
+        if self.predictor is not None:
+            state["predictor"] = self.predictor.state_dict()
+            state["pred_optimizer"] = self.pred_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.vae.load_state_dict(state["vae"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.predictor is not None:
+            self.predictor.load_state_dict(state["predictor"])
+            self.pred_optimizer.load_state_dict(state["pred_optimizer"])
+        self.step = int(state["step"])
+
+
+def save_checkpoint(trainer: VAETrainer, directory: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write `directory`/state.pt (tensors only) and meta.json (step, VAE config, `metadata`).
+    Written to a temporary folder beside it, then renamed, so a crash never leaves half a checkpoint."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    torch.save(trainer.state_dict(), tmp / CHECKPOINT_STATE)
+    meta = {"step": trainer.step, "vae_config": trainer.config.to_dict(), **(metadata or {})}
+    (tmp / CHECKPOINT_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        directory.rename(old)
+        tmp.rename(directory)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(directory)
+    return directory
+
+
+def read_checkpoint_meta(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / CHECKPOINT_META
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a checkpoint: it has no {CHECKPOINT_META}.")
+    return json.loads(path.read_text())
+
+
+def load_checkpoint(directory: str | os.PathLike, trainer: VAETrainer) -> dict:
+    """Load weights and optimiser state into `trainer` (weights_only: no code runs); returns the metadata."""
+    meta = read_checkpoint_meta(directory)
+    saved = VAEConfig.from_dict(meta["vae_config"])
+    if saved != trainer.config:
+        raise ValueError(
+            f"checkpoint {directory} was trained with {saved}, but the trainer is configured with "
+            f"{trainer.config}; build the trainer from the checkpoint's vae_config."
+        )
+    state = torch.load(Path(directory) / CHECKPOINT_STATE, map_location=trainer.device, weights_only=True)
+    trainer.load_state_dict(state)
+    return meta
