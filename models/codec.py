@@ -73,8 +73,10 @@ class CodecSpec:
         'kyutai/mimi', 'kyutai/mimi@REVISION', or the path of a local folder."""
         if text.startswith("random:"):
             parts = text.split(":")
-            if len(parts) not in (2, 3) or parts[1] not in CODEC_SIZES or (
-                len(parts) == 3 and not parts[2].isdigit()
+            if (
+                len(parts) not in (2, 3)
+                or parts[1] not in CODEC_SIZES
+                or (len(parts) == 3 and not parts[2].isdigit())
             ):
                 raise ValueError(
                     f"codec {text!r} not understood: random codecs are written 'random:SIZE' or "
@@ -83,7 +85,9 @@ class CodecSpec:
             seed = int(parts[2]) if len(parts) == 3 else 0
             return cls(source="random", model="", revision="", size=parts[1], seed=seed)
         if Path(text).expanduser().exists():
-            return cls(source="pretrained", model=str(Path(text).expanduser().resolve()), revision="", size="full")
+            return cls(
+                source="pretrained", model=str(Path(text).expanduser().resolve()), revision="", size="full"
+            )
         model, _, revision = text.partition("@")
         return cls(source="pretrained", model=model, revision=revision or MIMI_REVISION, size="full")
 
@@ -173,13 +177,16 @@ class MimiCodec(nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, 512, F) latents -> (B, 1, F * 1920) audio at 24 kHz. Differentiable."""
         if latents.dim() != 3 or latents.shape[1] != self.latent_dim:
-            raise ValueError(f"decode expects latents of shape (B, {self.latent_dim}, F), got {tuple(latents.shape)}.")
+            raise ValueError(
+                f"decode expects latents of shape (B, {self.latent_dim}, F), got {tuple(latents.shape)}."
+            )
         return self.decoder(latents)
 
 
 class LatentDecoder(nn.Module):
-    """Mimi's decoder half (upsample + transformer + SEANet) as a plain module: (B, 512, F) -> (B, 1, F * 1920).
-    The beta-VAE holds this, not the whole codec, so its checkpoints leave the frozen encoder out."""
+    """Mimi's decoder half (upsample + transformer + SEANet) as a plain module:
+    (B, 512, F) -> (B, 1, F * 1920). The beta-VAE holds this, not the whole codec,
+    so its checkpoints leave the frozen encoder out."""
 
     def __init__(self, mimi_decoder: nn.Module):
         super().__init__()
@@ -238,11 +245,14 @@ def _missing_weights_message(model: str, revision: str, cache_dir, reason: str) 
         "its cache folder here (or point HF_HOME at it), or\n"
         f"  - download the repository's files (config.json, model.safetensors) into a folder and pass "
         "that folder as the codec (--codec /path/to/mimi).\n"
-        "For plumbing runs without weights, a random-init codec works: --codec random:full (or random:reduced)."
+        "For plumbing runs without weights, a random-init codec works: "
+        "--codec random:full (or random:reduced)."
     )
 
 
 def config_digest(config: MimiConfig) -> str:
     """A short stable hash of a MimiConfig's architecture fields (for cache keys)."""
-    fields = {k: v for k, v in config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
+    fields = {
+        k: v for k, v in config.to_dict().items() if not k.startswith("_") and k != "transformers_version"
+    }
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -20,7 +20,9 @@ def pick_device(requested: str = "auto") -> torch.device:
     """The torch device for `requested` ('auto', 'cpu', 'cuda' or 'cuda:N'), with the reason logged."""
     if requested == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        log.info("device %s (auto: CUDA %s)", device, "available" if device.type == "cuda" else "not available")
+        log.info(
+            "device %s (auto: CUDA %s)", device, "available" if device.type == "cuda" else "not available"
+        )
         return device
     if requested != "cpu" and not requested.startswith("cuda"):
         raise ValueError(f"device {requested!r} is not one of {DEVICE_CHOICES} (or 'cuda:N').")

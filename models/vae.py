@@ -39,13 +39,22 @@ class VAEConfig:
     def __post_init__(self):
         checks = [
             (self.latent_dim >= 1, f"latent_dim must be >= 1, got {self.latent_dim}"),
-            (math.isfinite(self.beta) and self.beta >= 0, f"beta must be a finite number >= 0, got {self.beta}"),
+            (
+                math.isfinite(self.beta) and self.beta >= 0,
+                f"beta must be a finite number >= 0, got {self.beta}",
+            ),
             (self.lambda_smooth >= 0, f"lambda_smooth must be >= 0, got {self.lambda_smooth}"),
             (self.lambda_pred >= 0, f"lambda_pred must be >= 0, got {self.lambda_pred}"),
-            (self.lr > 0 and self.pred_lr > 0, f"learning rates must be > 0, got lr={self.lr}, pred_lr={self.pred_lr}"),
+            (
+                self.lr > 0 and self.pred_lr > 0,
+                f"learning rates must be > 0, got lr={self.lr}, pred_lr={self.pred_lr}",
+            ),
             (self.pred_context >= 1, f"pred_context must be >= 1, got {self.pred_context}"),
             (len(self.stft_windows) > 0, "stft_windows must name at least one window size"),
-            (self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0 or None, got {self.grad_clip}"),
+            (
+                self.grad_clip is None or self.grad_clip > 0,
+                f"grad_clip must be > 0 or None, got {self.grad_clip}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -98,7 +107,9 @@ class LatentPredictor(nn.Module):
     def __init__(self, latent_dim: int, context: int = 8, hidden: int = 256):
         super().__init__()
         self.context = context
-        self.net = nn.Sequential(nn.Linear(context * latent_dim, hidden), nn.GELU(), nn.Linear(hidden, latent_dim))
+        self.net = nn.Sequential(
+            nn.Linear(context * latent_dim, hidden), nn.GELU(), nn.Linear(hidden, latent_dim)
+        )
 
     def forward(self, contexts: torch.Tensor) -> torch.Tensor:
         """(N, W * D) -> (N, D)."""

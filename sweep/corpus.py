@@ -25,10 +25,14 @@ from sweep.data import discover_audio
 BUNDLED_CORPUS = Path(__file__).parent / "assets" / "librispeech-subset"
 SYNTH_RATE = 16_000
 # (F1, F2, F3) in Hz of a few vowels (Peterson & Barney averages, adult male).
-VOWELS = np.array([(730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240), (530, 1840, 2480), (570, 840, 2410)])
+VOWELS = np.array(
+    [(730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240), (530, 1840, 2480), (570, 840, 2410)]
+)
 
 
-def write_corpus(out: str | Path, source: str = "bundled", utterances: int = 40, speakers: int = 8) -> list[Path]:
+def write_corpus(
+    out: str | Path, source: str = "bundled", utterances: int = 40, speakers: int = 8
+) -> list[Path]:
     """Fill `out` with a corpus; returns the audio files written. Refuses a non-empty `out`."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -105,7 +109,9 @@ def _voiced(rng, rate, f0_base, tract) -> np.ndarray:
     phase = 2 * np.pi * np.cumsum(f0) / rate  # (n,)
     freqs = harmonics[:, None] * f0[None, :]  # (H, n)
     bandwidth = np.array([80.0, 100.0, 150.0])
-    gain = sum(1 / (1 + ((freqs - formants[:, k]) / bandwidth[k]) ** 2) for k in range(3)) / harmonics[:, None]
+    gain = (
+        sum(1 / (1 + ((freqs - formants[:, k]) / bandwidth[k]) ** 2) for k in range(3)) / harmonics[:, None]
+    )
     wave = (gain * np.sin(harmonics[:, None] * phase[None, :])).sum(axis=0)
     return wave * np.hanning(n)
 
@@ -117,11 +123,17 @@ def _fricative(rng, rate) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("out", help="folder to write (must be new or empty)")
-    parser.add_argument("--source", default="bundled", help="'bundled' (default), 'synthetic', or a folder to copy from")
+    parser.add_argument(
+        "--source", default="bundled", help="'bundled' (default), 'synthetic', or a folder to copy from"
+    )
     parser.add_argument("--utterances", type=int, default=40, help="how many utterances (default 40)")
-    parser.add_argument("--speakers", type=int, default=8, help="speakers, for --source synthetic (default 8)")
+    parser.add_argument(
+        "--speakers", type=int, default=8, help="speakers, for --source synthetic (default 8)"
+    )
     args = parser.parse_args(argv)
     try:
         written = write_corpus(args.out, args.source, args.utterances, args.speakers)

@@ -50,9 +50,13 @@ def discover_audio(root: str | os.PathLike) -> list[AudioFile]:
     """Every .flac/.wav under `root` (recursively), sorted by path, with its speaker."""
     root = Path(root).expanduser()
     if not root.exists():
-        raise DataError(f"data folder {root} does not exist; pass --data a folder of .wav/.flac speech files.")
+        raise DataError(
+            f"data folder {root} does not exist; pass --data a folder of .wav/.flac speech files."
+        )
     if not root.is_dir():
-        raise DataError(f"data path {root} is a file, not a folder; pass --data the folder that holds the audio.")
+        raise DataError(
+            f"data path {root} is a file, not a folder; pass --data the folder that holds the audio."
+        )
     paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
     if not paths:
         raise DataError(
@@ -75,7 +79,9 @@ def _stable_hash(text: str, salt: str = "") -> str:
     return hashlib.sha1(f"{salt}/{text}".encode()).hexdigest()
 
 
-def select_utterances(files: list[AudioFile], max_utterances: int = DEFAULT_MAX_UTTERANCES) -> list[AudioFile]:
+def select_utterances(
+    files: list[AudioFile], max_utterances: int = DEFAULT_MAX_UTTERANCES
+) -> list[AudioFile]:
     """At most `max_utterances` files, chosen by a hash of their ids (so the pick spreads over speakers
     and does not depend on the order files were found in); returned sorted by path."""
     if max_utterances < 1:

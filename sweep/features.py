@@ -57,13 +57,17 @@ class FeatureCache:
     def __init__(self, directory: str | os.PathLike, verify: bool = True):
         self.directory = Path(directory)
         self.meta = json.loads((self.directory / META_FILE).read_text())
-        self.utterances = [CachedUtterance(**u) for u in json.loads((self.directory / INDEX_FILE).read_text())]
+        self.utterances = [
+            CachedUtterance(**u) for u in json.loads((self.directory / INDEX_FILE).read_text())
+        ]
         problem = _entry_problem(self.directory, self.meta, full=verify)
         if problem:
             raise ValueError(f"feature cache {self.directory} is damaged: {problem}")
         frame_size, dim = self.meta["frame_size"], self.meta["latent_dim"]
         total_frames = sum(u.num_frames for u in self.utterances)
-        self._audio = np.memmap(self.directory / AUDIO_FILE, np.float32, "r", shape=(total_frames * frame_size,))
+        self._audio = np.memmap(
+            self.directory / AUDIO_FILE, np.float32, "r", shape=(total_frames * frame_size,)
+        )
         self._latents = np.memmap(self.directory / LATENTS_FILE, np.float32, "r", shape=(total_frames, dim))
         self.frame_size = frame_size
 
@@ -177,7 +181,12 @@ def _build(files, codec, directory, material, min_seconds, device, batch_size, p
     if directory.exists():  # a damaged entry, or another process finished first
         shutil.rmtree(directory, ignore_errors=True)
     tmp.rename(directory)
-    log.info("built feature cache %s: %d utterances in %.1f s", directory, writer.count, time.perf_counter() - started)
+    log.info(
+        "built feature cache %s: %d utterances in %.1f s",
+        directory,
+        writer.count,
+        time.perf_counter() - started,
+    )
     return FeatureCache(directory, verify=False)
 
 
@@ -190,7 +199,9 @@ def _encode_padded(audios: list[np.ndarray], codec: MimiCodec, device: torch.dev
     for row, audio in enumerate(audios):
         batch[row, 0, : len(audio)] = torch.from_numpy(audio)
     latents = codec.encode(batch.to(device)).float().cpu()  # (B, 512, F_max)
-    return [latents[row, :, : len(a) // codec.frame_size].T.contiguous().numpy() for row, a in enumerate(audios)]
+    return [
+        latents[row, :, : len(a) // codec.frame_size].T.contiguous().numpy() for row, a in enumerate(audios)
+    ]
 
 
 class _EntryWriter:
@@ -211,8 +222,13 @@ class _EntryWriter:
     def add(self, loaded: list[tuple[AudioFile, np.ndarray]], latents: list[np.ndarray]) -> None:
         for (f, audio), lat in zip(loaded, latents, strict=True):
             assert len(audio) == len(lat) * self.frame_size
-            self.index.append(CachedUtterance(f.utterance_id, f.speaker, str(f.path), self.samples, len(lat), self.frames))
-            for data, fh, h in ((audio, self.audio_file, self.audio_hash), (lat, self.latent_file, self.latent_hash)):
+            self.index.append(
+                CachedUtterance(f.utterance_id, f.speaker, str(f.path), self.samples, len(lat), self.frames)
+            )
+            for data, fh, h in (
+                (audio, self.audio_file, self.audio_hash),
+                (lat, self.latent_file, self.latent_hash),
+            ):
                 raw = np.ascontiguousarray(data, dtype="<f4").tobytes()
                 fh.write(raw)
                 h.update(raw)
@@ -272,8 +288,12 @@ class CropSampler:
         self.cache, self.crop_frames, self.batch_size, self.seed = cache, crop_frames, batch_size, seed
         self.ids = [i for i in ids if cache.utterances[i].num_frames >= crop_frames]
         if not self.ids:
-            raise DataError(f"no utterance holds a crop of {crop_frames} frames; use shorter crops or longer audio.")
-        room = np.array([cache.utterances[i].num_frames - crop_frames + 1 for i in self.ids], dtype=np.float64)
+            raise DataError(
+                f"no utterance holds a crop of {crop_frames} frames; use shorter crops or longer audio."
+            )
+        room = np.array(
+            [cache.utterances[i].num_frames - crop_frames + 1 for i in self.ids], dtype=np.float64
+        )
         self.weights = room / room.sum()
 
     def batch(self, step: int) -> Batch:

@@ -1,0 +1,136 @@
+"""Data + VAE smoke run: one beta-VAE trained for a few steps on the bundled speech, on the CPU.
+
+    python -m sweep.smoke                        # ~1 min on 2 cores: corpus, feature cache, 60 steps
+    python -m sweep.smoke --steps 200 --dim 16 --beta 0.1 --codec random:reduced
+
+Stands in for the sweep launcher (`python -m sweep.launch --space beta_dim --preset smoke`) until
+that lands: it runs the same pieces a trial runs (corpus, shared feature cache, crop sampler,
+train_step, checkpoint) without Ray, Optuna or MLflow, and prints what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from models.codec import CodecSpec, MimiCodec
+from models.runtime import pick_device
+from models.training import VAETrainer, save_checkpoint
+from models.vae import BetaVAE, VAEConfig
+from sweep.corpus import write_corpus
+from sweep.data import DataError, discover_audio, select_utterances, split_by_speaker
+from sweep.features import CropSampler, build_feature_cache
+
+log = logging.getLogger("sweep.smoke")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--data", default="data/smoke", help="speech folder; written from the bundled corpus if missing"
+    )
+    p.add_argument(
+        "--codec", default="random:reduced", help="random:reduced | random:full | kyutai/mimi | a folder"
+    )
+    p.add_argument(
+        "--cache", default=".cache/features", help="feature cache folder (default .cache/features)"
+    )
+    p.add_argument("--out", default="runs/smoke", help="where the checkpoint goes (default runs/smoke)")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--crop-seconds", type=float, default=4.0)
+    p.add_argument("--dim", type=int, default=32, help="bottleneck size D")
+    p.add_argument("--beta", type=float, default=0.01)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.batch_size < 1 or args.crop_seconds <= 0:
+        p.error("--steps and --batch-size must be >= 1 and --crop-seconds > 0")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.manual_seed(args.seed)
+    vae_config = VAEConfig(latent_dim=args.dim, beta=args.beta, lr=args.lr)  # validates before any compute
+    spec = CodecSpec.parse(args.codec)
+    device = pick_device(args.device)
+    data = Path(args.data)
+    if not data.exists():
+        written = write_corpus(data)
+        log.info("wrote the bundled smoke corpus (%d utterances) to %s", len(written), data)
+    files = select_utterances(discover_audio(data))
+    train_files, eval_files = split_by_speaker(files, seed=args.seed)
+
+    codec = MimiCodec.from_spec(spec)
+    started = time.perf_counter()
+    cache = build_feature_cache(files, codec, args.cache, min_seconds=args.crop_seconds, device=device)
+    cache_s = time.perf_counter() - started
+
+    crop_frames = round(args.crop_seconds * codec.frame_rate)
+    train = CropSampler(cache, cache.ids_for(train_files), crop_frames, args.batch_size, seed=args.seed)
+    held_out = CropSampler(cache, cache.ids_for(eval_files), crop_frames, args.batch_size, seed=args.seed + 1)
+    trainer = VAETrainer(BetaVAE(vae_config, codec.decoder), device)
+
+    eval_batch = held_out.batch(0)
+    before = _eval_recon(trainer, eval_batch)
+    started = time.perf_counter()
+    for step in range(args.steps):
+        metrics = trainer.train_step(train.batch(step))
+        if step % 10 == 0 or step == args.steps - 1:
+            log.info("step %4d  %s", step, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        if not math.isfinite(metrics["train/loss"]):
+            raise RuntimeError(f"training diverged at step {step}: {metrics}")
+    step_s = (time.perf_counter() - started) / args.steps
+    after = _eval_recon(trainer, eval_batch)
+    checkpoint = save_checkpoint(
+        trainer, Path(args.out) / "checkpoint", {"codec": spec.describe(), "seed": args.seed}
+    )
+    return {
+        "utterances": len(cache),
+        "train_utterances": len(train.ids),
+        "eval_utterances": len(held_out.ids),
+        "cache_seconds": cache_s,
+        "seconds_per_step": step_s,
+        "eval_recon_before": before,
+        "eval_recon_after": after,
+        "checkpoint": str(checkpoint),
+    }
+
+
+@torch.no_grad()
+def _eval_recon(trainer: VAETrainer, batch) -> float:
+    trainer.vae.eval()
+    recon = trainer.loss_terms(batch.to(trainer.device))["recon"].item()
+    trainer.vae.train()
+    return recon
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args = parse_args(argv)
+    try:
+        summary = run(args)
+    except (DataError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"\nsmoke run done: {summary['utterances']} utterances "
+        f"({summary['train_utterances']} train / {summary['eval_utterances']} eval, speaker-disjoint)\n"
+        f"  feature cache:   {summary['cache_seconds']:.1f} s\n"
+        f"  VAE step:        {summary['seconds_per_step']:.3f} s "
+        f"(batch {args.batch_size} x {args.crop_seconds:g} s)\n"
+        f"  eval recon loss: {summary['eval_recon_before']:.3f} -> {summary['eval_recon_after']:.3f}\n"
+        f"  checkpoint:      {summary['checkpoint']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Shared fixtures: a reduced random-init codec and a small real-speech corpus with its cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.codec import MimiCodec
+from sweep.corpus import write_corpus
+from sweep.data import discover_audio
+from sweep.features import build_feature_cache
+
+
+@pytest.fixture(scope="session")
+def codec() -> MimiCodec:
+    return MimiCodec.random_init("reduced", seed=0)
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory):
+    """12 real LibriSpeech utterances (12 speakers) from the bundled subset."""
+    out = tmp_path_factory.mktemp("corpus") / "speech"
+    write_corpus(out, source="bundled", utterances=12)
+    return out
+
+
+@pytest.fixture(scope="session")
+def feature_cache(corpus_dir, codec, tmp_path_factory):
+    root = tmp_path_factory.mktemp("features")
+    return build_feature_cache(discover_audio(corpus_dir), codec, root, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)

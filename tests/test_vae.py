@@ -1,0 +1,173 @@
+import math
+
+import pytest
+import torch
+
+from models import losses
+from models.training import Batch, VAETrainer, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from models.vae import BetaVAE, VAEConfig
+from sweep.corpus import BUNDLED_CORPUS
+from sweep.data import read_audio
+
+
+@pytest.fixture(scope="module")
+def speech_batch(codec):
+    """A fixed batch of real speech: 2 crops of 16 frames (1.28 s) and their codec latents."""
+    files = sorted(BUNDLED_CORPUS.rglob("*.flac"))[:2]
+    audio = torch.stack([torch.from_numpy(read_audio(f)[48000 : 48000 + 16 * 1920]) for f in files])[:, None]
+    return Batch(features=codec.encode(audio), audio=audio)
+
+
+def make_trainer(codec, **config):
+    fresh = type(codec).random_init("reduced", seed=0)  # each trainer gets its own decoder copy
+    return VAETrainer(BetaVAE(VAEConfig(**config), fresh.decoder))
+
+
+def test_forward_shapes(codec, speech_batch):
+    vae = BetaVAE(VAEConfig(latent_dim=16), codec.decoder)
+    audio, mu, logvar, z = vae(speech_batch.features)
+    assert audio.shape == speech_batch.audio.shape
+    assert mu.shape == logvar.shape == z.shape == (2, 16, 16)
+    _, mu2, _, z2 = vae(speech_batch.features, sample=False)
+    assert torch.equal(z2, mu2)
+
+
+def test_loss_drops_30_percent_in_100_steps(codec, speech_batch):
+    trainer = make_trainer(codec)  # the seed's defaults: D=32, beta=0.01, lr=1e-4
+    first = trainer.train_step(speech_batch)["train/loss"]
+    for _ in range(99):
+        last = trainer.train_step(speech_batch)["train/loss"]
+    assert trainer.step == 100
+    assert last <= 0.7 * first, f"loss went {first:.3f} -> {last:.3f}"
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [
+        dict(beta=0.0, lambda_smooth=0.0, lambda_pred=0.0),
+        dict(beta=0.5, lambda_smooth=0.0, lambda_pred=0.0),
+        dict(beta=0.0, lambda_smooth=2.0, lambda_pred=0.0),
+        dict(beta=0.0, lambda_smooth=0.0, lambda_pred=3.0),
+        dict(beta=0.1, lambda_smooth=0.2, lambda_pred=0.3),
+    ],
+)
+def test_each_term_weighted_exactly_by_its_lambda(codec, speech_batch, weights):
+    trainer = make_trainer(codec, **weights)
+    torch.manual_seed(1)
+    terms = trainer.loss_terms(speech_batch)
+    expected = terms["recon"]
+    if weights["beta"]:
+        expected = expected + weights["beta"] * terms["kl"]
+    if weights["lambda_smooth"]:
+        expected = expected + weights["lambda_smooth"] * terms["smooth"]
+    if weights["lambda_pred"]:
+        expected = expected + weights["lambda_pred"] * terms["pred"]
+    assert terms["loss"].item() == expected.item()
+    assert terms["kl"].item() > 0 and terms["smooth"].item() > 0  # reported even when unweighted
+    assert ("pred" in terms) == (weights["lambda_pred"] > 0)
+    assert (trainer.predictor is None) == (weights["lambda_pred"] == 0)
+
+
+def test_zero_beta_gives_kl_no_gradient(codec, speech_batch):
+    """With beta = 0 the logvar head only sees the reparameterisation noise through recon, never the KL."""
+    trainer = make_trainer(codec, beta=0.0)
+    torch.manual_seed(2)
+    trainer.loss_terms(speech_batch)["loss"].backward()
+    grad_zero_beta = trainer.vae.to_logvar.weight.grad.clone()
+    trainer.vae.zero_grad()
+    torch.manual_seed(2)
+    terms = trainer.loss_terms(speech_batch)
+    terms["recon"].backward()
+    torch.testing.assert_close(trainer.vae.to_logvar.weight.grad, grad_zero_beta, rtol=0, atol=0)
+
+
+def test_predictor_trains_with_its_own_lr(codec, speech_batch):
+    trainer = make_trainer(codec, lambda_pred=1.0, pred_lr=1e-3, lr=1e-4)
+    assert trainer.pred_optimizer.param_groups[0]["lr"] == 1e-3
+    assert trainer.optimizer.param_groups[0]["lr"] == 1e-4
+    before = [p.clone() for p in trainer.predictor.parameters()]
+    metrics = trainer.train_step(speech_batch)
+    assert "train/pred" in metrics
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.predictor.parameters(), strict=True))
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(codec, speech_batch, tmp_path):
+    trainer = make_trainer(codec, latent_dim=8, lambda_pred=0.1)
+    for _ in range(3):
+        trainer.train_step(speech_batch)
+    save_checkpoint(trainer, tmp_path / "ckpt", {"codec": "random:reduced:0"})
+    restored = make_trainer(codec, latent_dim=8, lambda_pred=0.1)
+    meta = load_checkpoint(tmp_path / "ckpt", restored)
+    assert meta["step"] == restored.step == 3 and meta["codec"] == "random:reduced:0"
+    for t in (trainer, restored):
+        t.vae.eval()
+    with torch.no_grad():
+        a = trainer.vae(speech_batch.features, sample=False)[0]
+        b = restored.vae(speech_batch.features, sample=False)[0]
+    assert torch.equal(a, b)
+    # The optimiser state came back too: the next step is the same on both.
+    torch.manual_seed(3)
+    m1 = trainer.train_step(speech_batch)
+    torch.manual_seed(3)
+    m2 = restored.train_step(speech_batch)
+    assert m1 == m2
+
+
+def test_checkpoint_overwrite_is_atomic_and_config_checked(codec, speech_batch, tmp_path):
+    trainer = make_trainer(codec, latent_dim=8)
+    save_checkpoint(trainer, tmp_path / "ckpt")
+    trainer.train_step(speech_batch)
+    save_checkpoint(trainer, tmp_path / "ckpt")
+    assert read_checkpoint_meta(tmp_path / "ckpt")["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary folders left
+    with pytest.raises(ValueError, match="trained with"):
+        load_checkpoint(tmp_path / "ckpt", make_trainer(codec, latent_dim=16))
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(latent_dim=0), "latent_dim must be >= 1"),
+        (dict(beta=-1.0), "beta must be"),
+        (dict(beta=math.nan), "beta must be"),
+        (dict(lambda_pred=-0.1), "lambda_pred must be >= 0"),
+        (dict(lr=0.0), "learning rates must be > 0"),
+    ],
+)
+def test_config_rejects_bad_values(bad, message):
+    with pytest.raises(ValueError, match=message):
+        VAEConfig(**bad)
+
+
+def test_kl_closed_form():
+    mu = torch.tensor([[[1.0], [0.0]]])  # (B=1, D=2, F=1)
+    logvar = torch.tensor([[[0.0], [math.log(4.0)]]])
+    # 0.5 * (1 + 1 - 1 - 0) + 0.5 * (0 + 4 - 1 - log 4)
+    expected = 0.5 + 0.5 * (3 - math.log(4.0))
+    assert losses.gaussian_kl(mu, logvar).item() == pytest.approx(expected)
+    assert losses.gaussian_kl(torch.zeros(2, 3, 5), torch.zeros(2, 3, 5)).item() == 0
+
+
+def test_recon_losses_zero_on_identical_signals_and_positive_otherwise():
+    x = torch.randn(2, 1, 8192)
+    assert losses.multiscale_stft_loss(x, x).item() == 0
+    assert losses.waveform_l1(x, x).item() == 0
+    assert losses.multiscale_stft_loss(x, 0.5 * x).item() > 0
+
+
+def test_smoothness_closed_form():
+    z = torch.arange(5.0).view(1, 1, 5).repeat(1, 2, 1)  # steps of 1 in every dim
+    assert losses.smoothness_loss(z).item() == 1.0
+    assert losses.smoothness_loss(torch.ones(1, 3, 7)).item() == 0
+
+
+def test_context_windows_order():
+    z = torch.arange(2 * 3 * 6, dtype=torch.float32).view(2, 3, 6)  # (B, D, F)
+    ctx, nxt = losses.context_windows(z, context=4)
+    assert ctx.shape == (2 * 2, 4 * 3) and nxt.shape == (4, 3)
+    # First row: frames 0..3 of batch 0, each frame's D values together; target frame 4.
+    assert ctx[0].tolist() == z[0, :, 0:4].T.reshape(-1).tolist()
+    assert nxt[0].tolist() == z[0, :, 4].tolist()
+    assert nxt[3].tolist() == z[1, :, 5].tolist()
+    with pytest.raises(ValueError, match="more than 4 frames"):
+        losses.context_windows(z[..., :4], context=4)
