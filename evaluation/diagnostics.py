@@ -1,0 +1,291 @@
+"""The diagnostics battery (DESIGN.md §3): how far can a dynamics model roll out in a latent space?
+
+    result = run_battery(train, eval, BatteryConfig(device="cuda"))
+    result.rollout_table     # h, teacher, rollout, gap, finite (+ raw NLLs): one row per horizon
+    result.injection         # mode, cos, state_err, state_err_rel, dnll: one row per injection mode
+    result.metrics           # {"teacher/k1": ..., "rollout/k4": ..., "rollout/horizon": ..., ...}
+
+`train` and `eval` are sequences of (T_u, D) arrays, one per utterance (posterior means of the
+VAE). Models are fitted on `train`, scored on `eval`. All NLLs are nats per frame summed over D,
+scored in float64; a delta-NLL is the model's NLL minus p0's on the same frame (negative =
+informative). Non-finite values are reported as they are, never clipped or raised.
+
+Definitions (W = context, H = horizons):
+- teacher_h: MDN_h(z_{t+h} | true z_{t-W+1..t}).
+- rollout_h: MDN_1(z_{t+h} | context of true frames up to t, then MDN_1's own h - 1 predictions,
+  fed back as the mixture mean, or a seeded sample). rollout_1 is teacher_1 by construction.
+- gap_h = rollout_h - teacher_h. finite: the value is finite and every fed-back state was.
+- horizon: the largest h whose rollout_h is finite and negative (0 if none).
+- injection: MDN_1 for `injection_steps` steps from each position in four modes (A_teacher: true
+  state; B_noise: true state + noise of the teacher-forced one-step error's per-dim std; C_last:
+  true state but the newest frame is the model's prediction; D_rollout: free-running).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.mdn import MDN, FitConfig, fit_mdn, gather, valid_starts
+
+INJECTION_MODES = ("A_teacher", "B_noise", "C_last", "D_rollout")
+INJECTION_METRICS = ("cos", "state_err", "state_err_rel", "dnll")
+FEEDBACK_CHOICES = ("mean", "sample")
+_SCORE_CHUNK = 8192
+
+
+@dataclass(frozen=True)
+class BatteryConfig:
+    context: int = 8  # W
+    components: int = 8  # M
+    hidden: tuple[int, ...] = (1024, 1024)
+    horizons: tuple[int, ...] = (1, 2, 4, 8)
+    steps: int = 3000  # MDN training steps at most (early stopping on a held-out slice of train)
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    eval_every: int = 100
+    patience: int = 5
+    holdout_fraction: float = 0.1
+    feedback: str = "mean"
+    injection_steps: int = 16
+    max_positions: int = 20_000  # eval positions scored, evenly spaced; bounds the cost at paper scale
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        h = self.horizons
+        if not h or list(h) != sorted(set(h)) or h[0] < 1:
+            raise ValueError(f"horizons must be distinct positive integers in increasing order, got {h}.")
+        if h[0] != 1:
+            raise ValueError(f"horizons must include 1 (rollouts feed MDN_1 back), got {h}.")
+        if self.feedback not in FEEDBACK_CHOICES:
+            raise ValueError(f"feedback {self.feedback!r} is not one of {FEEDBACK_CHOICES}.")
+        if self.context < 1 or self.components < 1 or self.injection_steps < 1 or self.max_positions < 1:
+            raise ValueError(
+                f"context, components, injection_steps and max_positions must be >= 1, got {self.context}, "
+                f"{self.components}, {self.injection_steps}, {self.max_positions}."
+            )
+        self.fit_config()  # validates the training settings too
+
+    def fit_config(self) -> FitConfig:
+        return FitConfig(
+            steps=self.steps, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+            eval_every=self.eval_every, patience=self.patience, holdout_fraction=self.holdout_fraction,
+            seed=self.seed,
+        )  # fmt: skip
+
+
+@dataclass
+class BatteryResult:
+    rollout_table: pd.DataFrame
+    injection: pd.DataFrame
+    injection_curves: pd.DataFrame  # mode, step (1..K), cos, state_err, state_err_rel, dnll
+    metrics: dict[str, float]
+    p0_nll: float  # mean NLL of eval frames under p0, nats per frame
+    models: dict[str, MDN] = field(repr=False)  # "p0", "h1", "h2", ...: fitted, float32, eval mode
+    fit_info: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+
+
+def run_battery(
+    train: Sequence[np.ndarray], eval: Sequence[np.ndarray], config: BatteryConfig = BatteryConfig()
+) -> BatteryResult:
+    """Fit p0 and MDN_h on `train`, score teacher-forced, rollout and injection diagnostics on `eval`."""
+    started = time.perf_counter()
+    device = torch.device(config.device)
+    dim = _check_sequences(train, eval, config)
+    train_frames, train_lengths = _concat(train, device, torch.float32)
+    models, fit_info = fit_models(train_frames, train_lengths, dim, config)
+    fitted = time.perf_counter()
+    result = score_battery(models, eval, config)
+    result.fit_info = fit_info
+    result.seconds = {"fit": fitted - started, "score": time.perf_counter() - fitted}
+    result.seconds["total"] = result.seconds["fit"] + result.seconds["score"]
+    return result
+
+
+def fit_models(frames: torch.Tensor, lengths: list[int], dim: int, config: BatteryConfig):
+    """p0 and one MDN per horizon, each trained with teacher forcing on (T, D) float32 frames."""
+    torch.manual_seed(config.seed)
+    fit = config.fit_config()
+    models, info = {}, {}
+    p0 = MDN(dim, context=0, components=config.components).to(frames.device)
+    info["p0"] = fit_mdn(p0, frames, valid_starts(lengths, 0, 0, frames.device), 0, fit)
+    models["p0"] = p0
+    for h in config.horizons:
+        mdn = MDN(dim, config.context, config.components, config.hidden).to(frames.device)
+        starts = valid_starts(lengths, config.context, h, frames.device)
+        info[f"h{h}"] = fit_mdn(mdn, frames, starts, h, fit)
+        models[f"h{h}"] = mdn
+    return models, info
+
+
+@torch.no_grad()
+def score_battery(models: dict[str, MDN], eval: Sequence[np.ndarray], config: BatteryConfig) -> BatteryResult:
+    """All eval-side numbers from fitted models (float64 copies of them)."""
+    device = next(models["p0"].parameters()).device
+    scorers = {name: copy.deepcopy(m).double().eval() for name, m in models.items()}
+    frames, lengths = _concat(eval, device, torch.float64)
+    no_context = frames[:, None, :][:, :0]  # (T, 0, D)
+    p0_nll = _chunked(lambda i: scorers["p0"].nll(no_context[i], frames[i]), len(frames), device)  # (T,)
+    table = rollout_table(scorers, frames, lengths, p0_nll, config)
+    curves = injection_curves(scorers, frames, lengths, p0_nll, config)
+    injection = curves.groupby("mode", sort=False)[list(INJECTION_METRICS)].mean().reset_index()
+    metrics = battery_metrics(table, injection)
+    metrics["p0/nll"] = float(p0_nll.mean())
+    return BatteryResult(table, injection, curves, metrics, metrics["p0/nll"], models)
+
+
+def rollout_table(scorers, frames, lengths, p0_nll, config: BatteryConfig) -> pd.DataFrame:
+    """One row per horizon: teacher, rollout, gap (delta-NLLs), finite, and the raw NLLs."""
+    horizons, w = config.horizons, config.context
+    starts = _spread(valid_starts(lengths, w, horizons[-1], frames.device), config.max_positions)
+    contexts, _ = gather(frames, starts, w, 0)
+    mdn1 = scorers["h1"]
+    generator = torch.Generator(device=frames.device).manual_seed(config.seed)
+    rows, state, states_finite = [], contexts, True
+    for k in range(1, horizons[-1] + 1):
+        target = frames[starts + k]
+        if k in horizons:
+            teacher = _chunked(
+                lambda i, h=k: scorers[f"h{h}"].nll(contexts[i], target[i]), len(starts), frames.device
+            )
+            rollout = (
+                teacher
+                if k == 1
+                else _chunked(lambda i: mdn1.nll(state[i], target[i]), len(starts), frames.device)
+            )
+            base = p0_nll[starts + k]
+            t_val, r_val = _mean(teacher - base), _mean(rollout - base)
+            rows.append({
+                "h": k, "teacher": t_val, "rollout": r_val, "gap": r_val - t_val,
+                "finite": bool(math.isfinite(r_val) and math.isfinite(t_val) and states_finite),
+                "teacher_nll": _mean(teacher), "rollout_nll": _mean(rollout), "positions": len(starts),
+            })  # fmt: skip
+        if k < horizons[-1]:
+            state = _feed_back(mdn1, state, config.feedback, generator)
+            states_finite = states_finite and bool(torch.isfinite(state).all())
+    return pd.DataFrame(rows)
+
+
+def injection_curves(scorers, frames, lengths, p0_nll, config: BatteryConfig) -> pd.DataFrame:
+    """Per mode and step k = 1..K: cos, state_err, state_err_rel, dnll (means over positions)."""
+    w, steps = config.context, config.injection_steps
+    # t >= W so that C_last's prediction of frame t has a full true context before it.
+    starts = valid_starts(lengths, w + 1, steps, frames.device)
+    starts = _spread(starts, config.max_positions)
+    mdn1 = scorers["h1"]
+    generator = torch.Generator(device=frames.device).manual_seed(config.seed + 1)
+    rms = frames.square().sum(dim=1).mean().sqrt().item()
+    true_ctx = [gather(frames, starts + k - 1, w, 0)[0] for k in range(0, steps + 1)]  # [k]: ends at t+k-1
+    err_std = (mdn1.mean(true_ctx[1]) - frames[starts + 1]).std(dim=0)  # (D,) teacher-forced one-step error
+    free = true_ctx[1]
+    rows = []
+    for k in range(1, steps + 1):
+        target, previous = frames[starts + k], frames[starts + k - 1]
+        last_guess = _feed_back(mdn1, true_ctx[k - 1], config.feedback, generator)[:, -1:]
+        noise = torch.randn(true_ctx[k].shape, generator=generator, device=frames.device, dtype=frames.dtype)
+        states = {
+            "A_teacher": true_ctx[k],
+            "B_noise": true_ctx[k] + noise * err_std,
+            "C_last": torch.cat([true_ctx[k][:, :-1], last_guess], dim=1),
+            "D_rollout": free,
+        }
+        for mode, state in states.items():
+            prediction = mdn1.mean(state)
+            cos = torch.nn.functional.cosine_similarity(prediction - state[:, -1], target - previous, dim=1)
+            err = (state - true_ctx[k]).norm(dim=2).mean(dim=1)  # (N,) mean L2 over the W state frames
+            dnll = mdn1.nll(state, target) - p0_nll[starts + k]
+            rows.append({
+                "mode": mode, "step": k, "cos": _mean(cos), "state_err": _mean(err),
+                "state_err_rel": _mean(err) / rms, "dnll": _mean(dnll),
+            })  # fmt: skip
+        free = _feed_back(mdn1, free, config.feedback, generator)
+    return pd.DataFrame(rows)
+
+
+def battery_metrics(table: pd.DataFrame, injection: pd.DataFrame) -> dict[str, float]:
+    """The flat, namespaced metrics of one battery."""
+    metrics: dict[str, float] = {}
+    for row in table.itertuples():
+        metrics[f"teacher/k{row.h}"] = row.teacher
+        metrics[f"rollout/k{row.h}"] = row.rollout
+        metrics[f"gap/k{row.h}"] = row.gap
+        metrics[f"rollout/finite/k{row.h}"] = float(row.finite)
+    metrics["rollout/horizon"] = float(rollout_horizon(table))
+    metrics["eval/dnll"] = metrics["teacher/k1"]
+    for row in injection.itertuples():
+        for name in INJECTION_METRICS:
+            metrics[f"injection/{row.mode}/{name}"] = float(getattr(row, name))
+    return metrics
+
+
+def rollout_horizon(table: pd.DataFrame) -> int:
+    """The largest h whose rollout delta-NLL is finite and negative; 0 if none is."""
+    ok = table[table["finite"] & (table["rollout"] < 0)]
+    return int(ok["h"].max()) if len(ok) else 0
+
+
+def _feed_back(mdn: MDN, state: torch.Tensor, feedback: str, generator: torch.Generator) -> torch.Tensor:
+    """Shift the (N, W, D) state by one frame, appending MDN_1's prediction (mean or sample)."""
+    nxt = mdn.mean(state) if feedback == "mean" else mdn.sample(state, generator)
+    return torch.cat([state[:, 1:], nxt[:, None, :]], dim=1)
+
+
+def _chunked(fn, n: int, device) -> torch.Tensor:
+    """fn(index_slice) over [0, n) in fixed chunks, concatenated: bounded memory, same order every call."""
+    parts = [fn(slice(i, min(i + _SCORE_CHUNK, n))) for i in range(0, n, _SCORE_CHUNK)]
+    return torch.cat(parts) if parts else torch.zeros(0, device=device, dtype=torch.float64)
+
+
+def _mean(values: torch.Tensor) -> float:
+    return float(values.double().mean()) if values.numel() else math.nan
+
+
+def _spread(starts: torch.Tensor, limit: int) -> torch.Tensor:
+    """At most `limit` of `starts`, evenly spaced (deterministic)."""
+    if len(starts) <= limit:
+        return starts
+    pick = torch.linspace(0, len(starts) - 1, limit, device=starts.device).round().long()
+    return starts[pick]
+
+
+def _concat(sequences: Sequence[np.ndarray], device, dtype) -> tuple[torch.Tensor, list[int]]:
+    frames = torch.cat([torch.as_tensor(np.asarray(s), dtype=dtype) for s in sequences]).to(device)
+    return frames, [len(s) for s in sequences]
+
+
+def _check_sequences(train, eval, config: BatteryConfig) -> int:
+    """The latent dim D; ValueError for inputs the battery cannot use."""
+    for name, seqs in (("train", train), ("eval", eval)):
+        if len(seqs) == 0:
+            raise ValueError(f"{name} has no utterances; pass a list of (T_u, D) latent arrays.")
+        bad = [i for i, s in enumerate(seqs) if np.ndim(s) != 2]
+        if bad:
+            raise ValueError(
+                f"{name}[{bad[0]}] has shape {np.shape(seqs[bad[0]])}; every utterance must be (T_u, D)."
+            )
+        if not all(np.isfinite(s).all() for s in seqs):
+            raise ValueError(f"{name} latents contain NaN or inf; the VAE that made them has diverged.")
+    dims = {np.shape(s)[1] for s in list(train) + list(eval)}
+    if len(dims) != 1:
+        raise ValueError(f"all utterances must share one latent dim D, found {sorted(dims)}.")
+    need = config.context + max(config.horizons[-1], config.injection_steps + 1)
+    if not any(len(s) >= need for s in eval):
+        raise ValueError(
+            f"no eval utterance has the {need} frames the battery needs (context {config.context} + "
+            f"horizon/injection steps); use longer utterances or smaller horizons/injection_steps."
+        )
+    if sum(max(0, len(s) - config.context - config.horizons[-1] + 1) for s in train) < 20:
+        raise ValueError(
+            f"train holds too few windows of {config.context} + {config.horizons[-1]} frames to fit MDNs."
+        )
+    return dims.pop()

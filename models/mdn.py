@@ -1,0 +1,197 @@
+"""Mixture density networks over latent frames (DESIGN.md §3).
+
+    mdn = MDN(dim=32, context=8)                   # p(z_{t+h} | z_{t-7..t}), M = 8 diagonal Gaussians
+    p0 = MDN(dim=32, context=0)                    # unconditional mixture p0(z), same head
+    fit_mdn(mdn, frames, starts, horizon=1, config=FitConfig())
+    nll = mdn.nll(contexts, targets)               # (N,) nats per frame, in the caller's dtype
+
+A model standardises its inputs and targets with the training frames' per-dim mean and std
+(buffers) and reports densities in the original space (the log-Jacobian, sum_d log std_d, is
+added back), so NLLs of different models, and against closed forms, compare directly.
+The component means are residual on the newest context frame; log-scales are bounded.
+Score in float64 with `mdn.double()`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+LOG_SCALE_RANGE = (-9.0, 3.0)  # in standardised units: std between 1.2e-4 and 20 data stds
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class MDN(nn.Module):
+    """Diagonal-Gaussian mixture over (D,) frames, conditioned on W context frames (W = 0: unconditional).
+
+    Context (N, W, D), oldest first -> logits (N, M), means (N, M, D), log_scales (N, M, D).
+    """
+
+    def __init__(
+        self, dim: int, context: int = 8, components: int = 8, hidden: tuple[int, ...] = (1024, 1024)
+    ):
+        super().__init__()
+        self.dim, self.context, self.components = dim, context, components
+        out = components * (2 * dim + 1)
+        if context == 0:
+            self.trunk = None
+            self.params = nn.Parameter(torch.zeros(out))
+            nn.init.normal_(self.params, std=0.5)
+        else:
+            layers, width = [], context * dim
+            for h in hidden:
+                layers += [nn.Linear(width, h), nn.GELU()]
+                width = h
+            layers.append(nn.Linear(width, out))
+            self.trunk = nn.Sequential(*layers)
+            nn.init.zeros_(self.trunk[-1].weight)  # start as "next = last frame, unit scale"
+            nn.init.normal_(self.trunk[-1].bias, std=0.1)
+        self.register_buffer("loc", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+
+    def set_standardisation(self, frames: torch.Tensor) -> None:
+        """Per-dim mean and std of (N, D) training frames (std floored, so dead latent dims stay finite)."""
+        self.loc.copy_(frames.mean(dim=0))
+        self.scale.copy_(frames.std(dim=0).clamp_min(1e-6))
+
+    def mixture(self, contexts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mixture parameters in the original space: log-weights (N, M), means (N, M, D), log-scales (N, M, D)."""
+        n, m, d = contexts.shape[0], self.components, self.dim
+        x = (contexts - self.loc) / self.scale  # (N, W, D)
+        raw = self.params.expand(n, -1) if self.trunk is None else self.trunk(x.reshape(n, -1))
+        logits, means, log_scales = raw.split([m, m * d, m * d], dim=1)
+        means = means.reshape(n, m, d)
+        if self.context > 0:
+            means = means + x[:, -1:, :]  # residual on the newest context frame
+        lo, hi = LOG_SCALE_RANGE
+        # raw 0 maps to log-scale 0 (unit std in standardised units): sigmoid(log(-lo / hi)) = -lo / (hi - lo)
+        log_scales = lo + (hi - lo) * torch.sigmoid(log_scales.reshape(n, m, d) + math.log(-lo / hi))
+        return (
+            torch.log_softmax(logits, dim=1),
+            means * self.scale + self.loc,
+            log_scales + self.scale.log(),
+        )
+
+    def nll(self, contexts: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(N, W, D), (N, D) -> (N,) negative log-density of targets, nats per frame (sum over D)."""
+        log_w, means, log_scales = self.mixture(contexts)
+        z = (targets[:, None, :] - means) * torch.exp(-log_scales)  # (N, M, D)
+        log_comp = -(0.5 * z.square() + log_scales + _HALF_LOG_2PI).sum(dim=2)  # (N, M)
+        return -torch.logsumexp(log_w + log_comp, dim=1)
+
+    def mean(self, contexts: torch.Tensor) -> torch.Tensor:
+        """(N, W, D) -> (N, D): the mixture mean sum_m w_m mu_m."""
+        log_w, means, _ = self.mixture(contexts)
+        return (log_w.exp()[:, :, None] * means).sum(dim=1)
+
+    def sample(self, contexts: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(N, W, D) -> (N, D): one draw per row (component by its weight, then its Gaussian)."""
+        log_w, means, log_scales = self.mixture(contexts)
+        pick = torch.multinomial(log_w.exp(), 1, generator=generator)[:, 0]  # (N,)
+        rows = torch.arange(len(pick), device=pick.device)
+        noise = torch.randn(
+            means.shape[0], means.shape[2], generator=generator, device=means.device, dtype=means.dtype
+        )
+        return means[rows, pick] + log_scales[rows, pick].exp() * noise
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    steps: int = 3000  # at most; early stopping usually ends sooner
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    eval_every: int = 100
+    patience: int = 5  # evaluations without held-out improvement before stopping
+    holdout_fraction: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1:
+            raise ValueError(f"steps, batch_size, eval_every and patience must be >= 1, got {self}.")
+        if not 0 < self.holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction must be between 0 and 1, got {self.holdout_fraction}.")
+
+
+def gather(
+    frames: torch.Tensor, starts: torch.Tensor, context: int, horizon: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Contexts (N, W, D) = frames[t - W + 1 .. t] and targets (N, D) = frames[t + h] for t in `starts`.
+
+    `frames` is (T, D), all utterances one after another; `starts` are global indices t for which
+    the whole window lies inside one utterance (see `valid_starts`).
+    """
+    offsets = torch.arange(-context + 1, 1, device=frames.device)
+    return frames[starts[:, None] + offsets], frames[starts + horizon]
+
+
+def valid_starts(lengths: list[int], context: int, horizon: int, device=None) -> torch.Tensor:
+    """Global indices t with t - W + 1 >= start and t + horizon <= end of their own utterance."""
+    out, offset = [], 0
+    for n in lengths:
+        first, last = max(context - 1, 0), n - 1 - horizon
+        if last >= first:
+            out.append(torch.arange(offset + first, offset + last + 1))
+        offset += n
+    return torch.cat(out).to(device) if out else torch.zeros(0, dtype=torch.long, device=device)
+
+
+def fit_mdn(model: MDN, frames: torch.Tensor, starts: torch.Tensor, horizon: int, config: FitConfig) -> dict:
+    """Teacher-forced maximum likelihood with AdamW on minibatches; early stop on a held-out slice.
+
+    The held-out slice is the last `holdout_fraction` of `starts` (whole utterances at the end, so it
+    is not a shuffled copy of the training windows). Restores the best held-out weights.
+    Returns {"steps", "best_holdout_nll", "train_nll"}.
+    """
+    if len(starts) < 2:
+        raise ValueError(f"need at least 2 training windows to fit an MDN, got {len(starts)}.")
+    model.set_standardisation(frames)
+    n_hold = max(1, int(len(starts) * config.holdout_fraction))
+    train, hold = starts[:-n_hold], starts[-n_hold:]
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    best, best_state, bad, step, loss = (
+        math.inf,
+        copy.deepcopy(model.state_dict()),
+        0,
+        0,
+        torch.tensor(math.nan),
+    )
+    model.train()
+    for step in range(1, config.steps + 1):
+        pick = torch.randint(len(train), (min(config.batch_size, len(train)),), generator=generator)
+        contexts, targets = gather(frames, train[pick.to(train.device)], model.context, horizon)
+        loss = model.nll(contexts, targets).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % config.eval_every == 0 or step == config.steps:
+            held = _mean_nll(model, frames, hold, horizon)
+            if held < best - 1e-4:
+                best, best_state, bad = held, copy.deepcopy(model.state_dict()), 0
+            else:  # plateau: halve the step size, and stop after `patience` evaluations without progress
+                bad += 1
+                if bad >= config.patience:
+                    break
+                for group in optimizer.param_groups:
+                    group["lr"] *= 0.5
+    model.load_state_dict(best_state)
+    model.eval()
+    return {"steps": step, "best_holdout_nll": best, "train_nll": loss.item()}
+
+
+@torch.no_grad()
+def _mean_nll(
+    model: MDN, frames: torch.Tensor, starts: torch.Tensor, horizon: int, chunk: int = 65536
+) -> float:
+    model.eval()
+    total = 0.0
+    for i in range(0, len(starts), chunk):
+        contexts, targets = gather(frames, starts[i : i + chunk], model.context, horizon)
+        total += model.nll(contexts, targets).sum().item()
+    model.train()
+    return total / len(starts)
