@@ -135,7 +135,7 @@ def score_battery(models: dict[str, MDN], eval: Sequence[np.ndarray], config: Ba
     scorers = {name: copy.deepcopy(m).double().eval() for name, m in models.items()}
     frames, lengths = _concat(eval, device, torch.float64)
     no_context = frames[:, None, :][:, :0]  # (T, 0, D)
-    p0_nll = _chunked(lambda i: scorers["p0"].nll(no_context[i], frames[i]), len(frames), device)  # (T,)
+    p0_nll = _chunked_nll(scorers["p0"], no_context, frames)  # (T,)
     table = rollout_table(scorers, frames, lengths, p0_nll, config)
     curves = injection_curves(scorers, frames, lengths, p0_nll, config)
     injection = curves.groupby("mode", sort=False)[list(INJECTION_METRICS)].mean().reset_index()
@@ -155,14 +155,8 @@ def rollout_table(scorers, frames, lengths, p0_nll, config: BatteryConfig) -> pd
     for k in range(1, horizons[-1] + 1):
         target = frames[starts + k]
         if k in horizons:
-            teacher = _chunked(
-                lambda i, h=k: scorers[f"h{h}"].nll(contexts[i], target[i]), len(starts), frames.device
-            )
-            rollout = (
-                teacher
-                if k == 1
-                else _chunked(lambda i: mdn1.nll(state[i], target[i]), len(starts), frames.device)
-            )
+            teacher = _chunked_nll(scorers[f"h{k}"], contexts, target)
+            rollout = _chunked_nll(mdn1, state, target)  # k = 1: state is the true context
             base = p0_nll[starts + k]
             t_val, r_val = _mean(teacher - base), _mean(rollout - base)
             rows.append({
@@ -240,10 +234,13 @@ def _feed_back(mdn: MDN, state: torch.Tensor, feedback: str, generator: torch.Ge
     return torch.cat([state[:, 1:], nxt[:, None, :]], dim=1)
 
 
-def _chunked(fn, n: int, device) -> torch.Tensor:
-    """fn(index_slice) over [0, n) in fixed chunks, concatenated: bounded memory, same order every call."""
-    parts = [fn(slice(i, min(i + _SCORE_CHUNK, n))) for i in range(0, n, _SCORE_CHUNK)]
-    return torch.cat(parts) if parts else torch.zeros(0, device=device, dtype=torch.float64)
+def _chunked_nll(model: MDN, contexts: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """model.nll over fixed-size chunks: bounded memory, and the same arithmetic for the same inputs."""
+    parts = [
+        model.nll(contexts[i : i + _SCORE_CHUNK], targets[i : i + _SCORE_CHUNK])
+        for i in range(0, len(targets), _SCORE_CHUNK)
+    ]
+    return torch.cat(parts) if parts else targets.new_zeros(0)
 
 
 def _mean(values: torch.Tensor) -> float:

@@ -59,7 +59,8 @@ class MDN(nn.Module):
         self.scale.copy_(frames.std(dim=0).clamp_min(1e-6))
 
     def mixture(self, contexts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mixture parameters in the original space: log-weights (N, M), means (N, M, D), log-scales (N, M, D)."""
+        """Mixture parameters in the original space:
+        log-weights (N, M), means (N, M, D), log-scales (N, M, D)."""
         n, m, d = contexts.shape[0], self.components, self.dim
         x = (contexts - self.loc) / self.scale  # (N, W, D)
         raw = self.params.expand(n, -1) if self.trunk is None else self.trunk(x.reshape(n, -1))

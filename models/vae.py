@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -114,3 +115,18 @@ class LatentPredictor(nn.Module):
     def forward(self, contexts: torch.Tensor) -> torch.Tensor:
         """(N, W * D) -> (N, D)."""
         return self.net(contexts)
+
+
+@torch.no_grad()
+def posterior_means(vae: BetaVAE, features, device: torch.device | str = "cpu") -> list:
+    """Posterior means of whole utterances: each (F, 512) codec-latent array -> (F, D) float32 numpy.
+    These are the latents the diagnostics model (DESIGN.md §2.4). Computed in fp32 in eval mode."""
+    was_training = vae.training
+    vae.eval()
+    out = []
+    for feats in features:
+        h = torch.tensor(np.asarray(feats), dtype=torch.float32, device=device).T[None]  # (1, 512, F)
+        mu, _ = vae.posterior(h)
+        out.append(mu[0].T.float().cpu().numpy())  # (F, D)
+    vae.train(was_training)
+    return out

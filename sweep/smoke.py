@@ -1,11 +1,12 @@
-"""Data + VAE smoke run: one beta-VAE trained for a few steps on the bundled speech, on the CPU.
+"""Smoke run of one trial, start to end, on the bundled speech and the CPU.
 
-    python -m sweep.smoke                        # ~1 min on 2 cores: corpus, feature cache, 60 steps
+    python -m sweep.smoke                        # ~1.5 min on 2 cores
     python -m sweep.smoke --steps 200 --dim 16 --beta 0.1 --codec random:reduced
 
 Stands in for the sweep launcher (`python -m sweep.launch --space beta_dim --preset smoke`) until
-that lands: it runs the same pieces a trial runs (corpus, shared feature cache, crop sampler,
-train_step, checkpoint) without Ray, Optuna or MLflow, and prints what it measured.
+that lands: it runs what a trial runs, without Ray, Optuna or MLflow: the corpus, the shared
+feature cache, VAE training steps and a checkpoint, then the diagnostics battery on the VAE's
+posterior means, reconstruction metrics and rollout WAVs, and prints the report and timings.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from evaluation.diagnostics import BatteryConfig
+from evaluation.trial import EvalConfig, evaluate_vae
 from models.codec import CodecSpec, MimiCodec
 from models.runtime import pick_device
 from models.training import VAETrainer, save_checkpoint
@@ -50,6 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    p.add_argument("--battery-hidden", type=int, default=256, help="MDN hidden width (paper: 1024)")
+    p.add_argument("--battery-steps", type=int, default=1500, help="MDN training steps at most")
+    p.add_argument(
+        "--audio-utterances", type=int, default=2, help="eval utterances to write rollout WAVs for"
+    )
     args = p.parse_args(argv)
     if args.steps < 1 or args.batch_size < 1 or args.crop_seconds <= 0:
         p.error("--steps and --batch-size must be >= 1 and --crop-seconds > 0")
@@ -92,6 +100,26 @@ def run(args: argparse.Namespace) -> dict:
     checkpoint = save_checkpoint(
         trainer, Path(args.out) / "checkpoint", {"codec": spec.describe(), "seed": args.seed}
     )
+    eval_ids = cache.ids_for(eval_files)
+    evaluation = evaluate_vae(
+        trainer.vae,
+        [cache.latents(i) for i in cache.ids_for(train_files)],
+        [cache.latents(i) for i in eval_ids],
+        [cache.audio(i) for i in eval_ids],
+        [cache.utterances[i].utterance_id for i in eval_ids],
+        EvalConfig(
+            battery=BatteryConfig(
+                hidden=(args.battery_hidden,) * 2,
+                steps=args.battery_steps,
+                seed=args.seed,
+                device=str(device),
+            ),
+            audio_utterances=args.audio_utterances,
+        ),
+        audio_dir=Path(args.out) / "audio",
+        device=device,
+        title=f"beta={args.beta} dim={args.dim}, {args.steps} steps",
+    )
     return {
         "utterances": len(cache),
         "train_utterances": len(train.ids),
@@ -101,6 +129,11 @@ def run(args: argparse.Namespace) -> dict:
         "eval_recon_before": before,
         "eval_recon_after": after,
         "checkpoint": str(checkpoint),
+        "battery_seconds": evaluation.seconds["battery"],
+        "audio_seconds": evaluation.seconds["recon_audio"],
+        "report": evaluation.report,
+        "wavs": len(evaluation.wavs),
+        "audio_dir": str(Path(args.out) / "audio"),
     }
 
 
@@ -120,14 +153,18 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    print("\n" + summary["report"])
     print(
-        f"\nsmoke run done: {summary['utterances']} utterances "
+        f"smoke run done: {summary['utterances']} utterances "
         f"({summary['train_utterances']} train / {summary['eval_utterances']} eval, speaker-disjoint)\n"
         f"  feature cache:   {summary['cache_seconds']:.1f} s\n"
         f"  VAE step:        {summary['seconds_per_step']:.3f} s "
         f"(batch {args.batch_size} x {args.crop_seconds:g} s)\n"
         f"  eval recon loss: {summary['eval_recon_before']:.3f} -> {summary['eval_recon_after']:.3f}\n"
-        f"  checkpoint:      {summary['checkpoint']}"
+        f"  checkpoint:      {summary['checkpoint']}\n"
+        f"  battery:         {summary['battery_seconds']:.1f} s (MDN fits + scoring, CPU)\n"
+        f"  recon + audio:   {summary['audio_seconds']:.1f} s, "
+        f"{summary['wavs']} WAVs in {summary['audio_dir']}"
     )
     return 0
 
