@@ -79,3 +79,53 @@ def decision_gate(configs: Mapping[str, Mapping[str, float]], horizon: int = GAT
     best = max(int(m.get("rollout/horizon", 0)) for m in configs.values())
     where = f"k={best}" if best else "k=0 (no rollout beats p0)"
     return f"ceiling holds at {where}: no configuration has a finite, informative k={horizon} rollout."
+
+
+def tables_from_metrics(metrics: Mapping[str, float]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rollout and injection tables back from a flat metrics dict (as logged and reported)."""
+    horizons = sorted(
+        int(k.removeprefix("rollout/k")) for k in metrics if k.removeprefix("rollout/k").isdigit()
+    )
+    rollout = pd.DataFrame(
+        [
+            {
+                "h": h,
+                "teacher": float(metrics.get(f"teacher/k{h}", math.nan)),
+                "rollout": float(metrics[f"rollout/k{h}"]),
+                "gap": float(metrics.get(f"gap/k{h}", math.nan)),
+                "finite": bool(metrics.get(f"rollout/finite/k{h}", 0.0)),
+            }
+            for h in horizons
+        ],
+        columns=["h", "teacher", "rollout", "gap", "finite"],
+    )
+    modes = dict.fromkeys(k.split("/")[1] for k in metrics if k.startswith("injection/"))
+    injection = pd.DataFrame(
+        [
+            {"mode": mode, **{m: float(metrics.get(f"injection/{mode}/{m}", math.nan)) for m in _INJECTION}}
+            for mode in modes
+        ],  # fmt: skip
+        columns=["mode", *_INJECTION],
+    )
+    return rollout, injection
+
+
+_INJECTION = ("cos", "state_err", "state_err_rel", "dnll")
+
+
+def metrics_report(metrics: Mapping[str, float], title: str | None = None) -> str:
+    """battery_report's tables from a flat metrics dict: what the sweep's summary prints per trial."""
+    rollout, injection = tables_from_metrics(metrics)
+    horizon = int(metrics.get("rollout/horizon", 0))
+    parts = [f"## {title}"] if title else []
+    parts += [
+        "### Rollout (delta-NLL vs p0, nats/frame; negative = informative)",
+        rollout_markdown(rollout),
+        f"Rollout horizon: k={horizon}" if horizon else "Rollout horizon: none (no rollout beats p0)",
+        "### Injection (MDN_1)",
+        injection_markdown(injection),
+    ]
+    recon = {k: float(metrics[k]) for k in ("recon/mel", "recon/l1") if k in metrics}
+    if recon:
+        parts += ["### Reconstruction", recon_markdown(recon)]
+    return "\n\n".join(parts) + "\n"

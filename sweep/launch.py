@@ -1,0 +1,440 @@
+"""The front door: a sweep of beta-VAE trials on Ray Tune, searched by Optuna, tracked in MLflow.
+
+    python -m sweep.launch --space beta_dim --preset smoke                  # CPU, a few minutes
+    python -m sweep.launch --space beta_dim --search grid --preset smoke --steps 8
+    python -m sweep.launch --space beta_dim_steps --preset paper --data /data/LibriSpeech/train-clean-100
+    python -m sweep.launch --space beta_dim --preset paper --data ... --dry-run   # the plan, nothing runs
+    python -m sweep.launch --resume beta_dim-smoke-20261125-210305          # after a crash or Ctrl-C
+
+Everything is checked before any compute: a bad flag, an empty data folder, an unreachable MLflow
+URI or a GPU request without a GPU stops here with the problem and the fix. Then the driver builds
+the shared feature cache once, creates the MLflow experiment and the sweep's parent run, and
+hands both to the trials (sweep/trainable.py). At the end it prints the summary table, the
+seed-shaped tables of the best trials, the decision-gate verdict, and how to open each UI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sweep import spaces
+from sweep.config import PRESETS, SCHEDULERS, Preset, TrialParams
+from sweep.objective import OBJECTIVES, SCHEDULER_METRIC
+
+log = logging.getLogger("sweep.launch")
+
+PLAN_FILE = "sweep.json"
+OPTUNA_STORE = "optuna.db"
+
+
+class UsageError(ValueError):
+    """Bad input, found before any compute; the message says what and how to fix it."""
+
+
+@dataclass
+class SweepPlan:
+    """Everything a sweep is; saved beside Tune's state so that --resume runs the same sweep."""
+
+    experiment: str
+    space: str
+    search: str
+    preset: Preset
+    num_samples: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int | None
+    storage: str
+    mlflow_uri: str
+    optuna_uri: str
+    data: str
+    cache: str
+    codec: str
+    seed: int
+    scheduler: str
+    fixed: dict = field(default_factory=dict)  # --set values for parameters the space does not vary
+    workdir: str = "."
+    parent_run_id: str | None = None
+
+    @property
+    def experiment_dir(self) -> Path:
+        return Path(self.storage) / self.experiment
+
+    @property
+    def varied(self) -> tuple[str, ...]:
+        return tuple(p.name for p in spaces.space_params(self.space))
+
+    @property
+    def trial_count(self) -> int:
+        return spaces.grid_size(self.space) * self.num_samples if self.search == "grid" else self.num_samples
+
+    def max_train_steps(self) -> int:
+        step_values = (
+            spaces.PARAMS["steps"].values if "steps" in self.varied else (self.fixed.get("steps", 10_000),)
+        )
+        return max(TrialParams.from_config({"steps": s}, self.preset).train_steps for s in step_values)
+
+    def save(self) -> None:
+        self.experiment_dir.mkdir(parents=True, exist_ok=True)
+        (self.experiment_dir / PLAN_FILE).write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: Path) -> SweepPlan:
+        values = json.loads(path.read_text())
+        values["preset"] = Preset(**values["preset"])
+        return cls(**values)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m sweep.launch",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="spaces:\n"
+        + spaces.describe_spaces()
+        + "\n\npresets:\n"
+        + "\n".join(f"  {name:15s} {preset.description}" for name, preset in PRESETS.items()),
+    )
+    what = p.add_argument_group("what to run")
+    what.add_argument("--space", help=f"named search space: {', '.join(spaces.SPACES)} (listed below)")
+    what.add_argument(
+        "--search",
+        choices=spaces.SEARCHES,
+        help="optuna (default): multi-objective TPE; grid: the exact grid of the space",
+    )
+    what.add_argument("--preset", help=f"{' | '.join(PRESETS)} (default smoke; listed below)")
+    what.add_argument(
+        "--num-samples", type=int, help="Optuna: trials (preset default); grid: repeats of the grid"
+    )
+    what.add_argument(
+        "--steps", type=int, help="VAE steps a space's 10k steps stand for (smoke 40, paper 10000)"
+    )
+    what.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="fix a parameter the space does not vary, e.g. --set beta=0.1 (repeatable)",
+    )
+    what.add_argument(
+        "--data",
+        help="speech folder (LibriSpeech layout or any wav/flac); "
+        "smoke default: the bundled corpus written to ./data/smoke",
+    )
+    what.add_argument(
+        "--codec", help="kyutai/mimi (paper default), a local Mimi folder, random:reduced, random:full"
+    )
+    what.add_argument("--seed", type=int, default=0, help="data split, initialisation and Optuna's sampler")
+    what.add_argument(
+        "--scheduler",
+        choices=SCHEDULERS,
+        help="asha stops weak trials at cheap-battery rungs "
+        "(paper default); none runs every trial to the end (smoke default)",
+    )
+    where = p.add_argument_group("where")
+    where.add_argument("--experiment", help="experiment name (default <space>-<preset>-<time>); never reused")
+    where.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        metavar="NAME",
+        help="finish an interrupted sweep (NAME, --experiment, or the latest in --storage)",
+    )
+    where.add_argument(
+        "--storage", default="sweep-results", help="Tune results folder (default ./sweep-results)"
+    )
+    where.add_argument(
+        "--mlflow-uri", help="MLflow tracking URI (default sqlite:///mlflow.db in the working folder)"
+    )
+    where.add_argument(
+        "--cache", default=".cache/features", help="feature cache folder (default .cache/features)"
+    )
+    res = p.add_argument_group("resources")
+    res.add_argument(
+        "--gpus-per-trial", type=float, help="fractional GPUs per trial (default 0.25 with a GPU, else 0)"
+    )
+    res.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
+    res.add_argument(
+        "--max-concurrent", type=int, help="trials at a time at most (default: as resources allow)"
+    )
+    res.add_argument("--address", help="an existing Ray cluster (or RAY_ADDRESS); default: start Ray here")
+    res.add_argument("--no-dashboard", action="store_true", help="do not start Ray's dashboard (local Ray)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the trial plan and resource arithmetic; run nothing"
+    )
+    return p.parse_args(argv)
+
+
+def make_plan(args: argparse.Namespace, workdir: Path) -> SweepPlan:
+    """Validate every flag and resolve every default; raises UsageError before anything runs."""
+    if args.resume is not None:
+        return _resumed_plan(args, workdir)
+    space = args.space
+    if space is None:
+        raise UsageError(f"say which space to sweep: --space {{{','.join(spaces.SPACES)}}} (see --help).")
+    if space not in spaces.SPACES:
+        raise UsageError(f"unknown space {space!r}; choose one of: {', '.join(spaces.SPACES)}.")
+    preset_name = args.preset or "smoke"
+    if preset_name not in PRESETS:
+        raise UsageError(f"unknown preset {preset_name!r}; choose one of: {', '.join(PRESETS)}.")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}.")
+    preset = PRESETS[preset_name].with_overrides(steps=args.steps, scheduler=args.scheduler)
+    fixed = _parse_sets(args.set, space)
+    search = args.search or "optuna"
+    num_samples = args.num_samples or (1 if search == "grid" else preset.num_samples)
+    if num_samples < 1:
+        raise UsageError(f"--num-samples must be >= 1, got {num_samples}.")
+    storage = (workdir / args.storage).resolve()
+    experiment = args.experiment or f"{space}-{preset_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (storage / experiment / PLAN_FILE).exists():
+        raise UsageError(
+            f"experiment {experiment!r} already exists in {storage}; reusing its name would overwrite it "
+            f"(ray#35812). Resume it with --resume {experiment}, or pick another --experiment."
+        )
+    return SweepPlan(
+        experiment=experiment,
+        space=space,
+        search=search,
+        preset=preset,
+        num_samples=num_samples,
+        cpus_per_trial=_check_cpus(args.cpus_per_trial),
+        gpus_per_trial=_gpus_per_trial(args.gpus_per_trial, args),
+        max_concurrent=_check_concurrency(args.max_concurrent),
+        storage=str(storage),
+        mlflow_uri=args.mlflow_uri or default_mlflow_uri(workdir),
+        optuna_uri=f"sqlite:///{workdir / OPTUNA_STORE}",
+        data=str(_data_folder(args.data, preset, workdir)),
+        cache=str((workdir / args.cache).resolve()),
+        codec=args.codec or preset.codec,
+        seed=args.seed,
+        scheduler=preset.scheduler,
+        fixed=fixed,
+        workdir=str(workdir),
+    )
+
+
+def default_mlflow_uri(workdir: Path) -> str:
+    from sweep.tracking import default_uri
+
+    return default_uri(workdir)
+
+
+def _parse_sets(items: list[str], space: str) -> dict:
+    varied = {p.name for p in spaces.space_params(space)}
+    fixed = {}
+    for item in items:
+        name, _, text = item.partition("=")
+        if name not in spaces.PARAMS or not text:
+            raise UsageError(
+                f"--set {item!r}: expected NAME=VALUE with NAME one of {', '.join(spaces.PARAMS)}, "
+                "e.g. --set beta=0.1."
+            )
+        if name in varied:
+            raise UsageError(
+                f"--set {name}: the space {space!r} varies {name}; fix only the other parameters."
+            )
+        try:
+            fixed[name] = int(text) if name in ("dim", "steps") else float(text)
+        except ValueError:
+            raise UsageError(f"--set {item!r}: {text!r} is not a number.") from None
+    try:
+        spaces.validate_values(fixed)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return fixed
+
+
+def _check_cpus(cpus: float) -> float:
+    if not cpus > 0:
+        raise UsageError(f"--cpus-per-trial must be > 0, got {cpus}.")
+    return cpus
+
+
+def _check_concurrency(value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise UsageError(f"--max-concurrent must be >= 1, got {value}.")
+    return value
+
+
+def _gpus_per_trial(requested: float | None, args) -> float:
+    """0.25 where a GPU is visible, else 0; asking for GPUs on a machine without one is an error."""
+    import torch
+
+    visible = torch.cuda.device_count()
+    if requested is None:
+        return 0.25 if visible else 0.0
+    if requested < 0:
+        raise UsageError(f"--gpus-per-trial must be >= 0, got {requested}.")
+    if requested > 0 and not visible and not (args.address or os.environ.get("RAY_ADDRESS")):
+        raise UsageError(
+            f"--gpus-per-trial {requested:g} but this machine has no visible GPU "
+            "(torch.cuda.device_count() == 0). "
+            "Use --gpus-per-trial 0 to run on the CPU, or --address to use a Ray cluster with GPUs."
+        )
+    return requested
+
+
+def _data_folder(data: str | None, preset: Preset, workdir: Path) -> Path:
+    from sweep.data import DataError, discover_audio
+
+    if data is None:
+        if preset.data is not None:
+            data = preset.data
+        elif preset.name == "smoke":
+            return (workdir / "data" / "smoke").resolve()  # written from the bundled corpus if missing
+        else:
+            raise UsageError(
+                f"the {preset.name} preset reads speech from your disk: "
+                "pass --data /path/to/LibriSpeech/train-clean-100 "
+                "(LibriSpeech layout or any folder of wav/flac)."
+            )
+    folder = Path(data).expanduser().resolve()
+    if not folder.is_dir():
+        raise UsageError(
+            f"--data {data}: no such folder. Pass a folder of wav/flac files (LibriSpeech layout works)."
+        )
+    try:
+        discover_audio(folder)
+    except DataError as err:
+        raise UsageError(f"--data {data}: {err}") from None
+    return folder
+
+
+def _resumed_plan(args, workdir: Path) -> SweepPlan:
+    storage = (workdir / args.storage).resolve()
+    name = args.resume or args.experiment or _latest_experiment(storage)
+    path = storage / name / PLAN_FILE
+    if not path.exists():
+        known = sorted(p.parent.name for p in storage.glob(f"*/{PLAN_FILE}")) if storage.is_dir() else []
+        raise UsageError(
+            f"--resume {name}: no such experiment in {storage}. "
+            + (f"Known: {', '.join(known)}." if known else "It holds no sweeps; start one with --space.")
+            + " (--storage must be the folder the sweep was started with.)"
+        )
+    plan = SweepPlan.load(path)
+    changed = {
+        flag: (given, saved)
+        for flag, given, saved in (
+            ("--space", args.space, plan.space),
+            ("--search", args.search, plan.search),
+            ("--preset", args.preset, plan.preset.name),
+            ("--steps", args.steps, plan.preset.steps),
+        )
+        if given is not None and given != saved
+    }
+    if changed:
+        what = "; ".join(
+            f"{flag} {given} (the sweep has {saved})" for flag, (given, saved) in changed.items()
+        )
+        raise UsageError(
+            f"--resume {name} cannot change what the sweep is: {what}. Tune restores the original search "
+            "space (ray PR #34982); start a new experiment for a new space."
+        )
+    return plan
+
+
+def _latest_experiment(storage: Path) -> str:
+    plans = (
+        sorted(storage.glob(f"*/{PLAN_FILE}"), key=lambda p: p.stat().st_mtime) if storage.is_dir() else []
+    )
+    if not plans:
+        raise UsageError(f"--resume: {storage} holds no sweeps to resume; start one with --space.")
+    return plans[-1].parent.name
+
+
+def describe(plan: SweepPlan, cpus: int, gpus: int) -> str:
+    """The trial plan and the resource arithmetic (what --dry-run prints)."""
+    preset = plan.preset
+    params = spaces.space_params(plan.space)
+    per_space = TrialParams.from_config({}, preset).train_steps
+    slots = [math.floor(cpus / plan.cpus_per_trial)]
+    if plan.gpus_per_trial > 0:
+        slots.append(math.floor(gpus / plan.gpus_per_trial + 1e-9))
+    if plan.max_concurrent:
+        slots.append(plan.max_concurrent)
+    at_once = max(0, min(*slots, plan.trial_count))
+    lines = [
+        f"sweep {plan.experiment}",
+        f"  space       {plan.space}: " + "; ".join(p.describe() for p in params),
+        f"  search      {plan.search}: "
+        + (
+            f"{plan.trial_count} trials of the exact grid"
+            if plan.search == "grid"
+            else f"{plan.trial_count} trials, multi-objective TPE minimising {' and '.join(OBJECTIVES)} "
+            f"(nats/dim), constraint recon/mel <= {preset.max_recon_mel:g}; first trial: the seed's "
+            + ", ".join(f"{k}={v:g}" for k, v in spaces.baseline_point(plan.space).items())
+        ),
+        "  fixed       "
+        + (
+            ", ".join(f"{k}={v:g}" for k, v in plan.fixed.items())
+            or "baseline for the rest (beta=0.01, dim=32, 10k steps, no AR losses)"
+        ),
+        f"  preset      {preset.name}: {per_space} VAE steps per 10k of the space (longest trial "
+        f"{plan.max_train_steps()}), batch {preset.batch_size} x {preset.crop_seconds:g} s, lr {preset.lr:g}",
+        "  scheduler   "
+        + (
+            f"ASHA on {SCHEDULER_METRIC} at steps "
+            f"{_rungs(preset.probe_first, plan.max_train_steps())} (cheap battery there)"
+            if plan.scheduler == "asha"
+            else "none: every trial runs to the end"
+        ),
+        f"  codec/data  {plan.codec}; {plan.data}; cache {plan.cache}",
+        f"  resources   per trial {plan.cpus_per_trial:g} CPU, {plan.gpus_per_trial:g} GPU; "
+        f"here {cpus} CPUs, "
+        f"{gpus} GPUs -> {at_once} trials at a time, {math.ceil(plan.trial_count / max(at_once, 1))} waves"
+        + ("" if at_once else "  (NOTHING FITS: lower --cpus-per-trial / --gpus-per-trial)"),
+        f"  outputs     Tune {plan.experiment_dir}; MLflow {plan.mlflow_uri}"
+        + (f"; Optuna {plan.optuna_uri} (study {plan.experiment})" if plan.search == "optuna" else ""),
+    ]
+    return "\n".join(lines)
+
+
+def _rungs(first: int, last: int) -> str:
+    from sweep.trainable import rung_steps
+
+    return ", ".join(map(str, rung_steps(last, first))) or "(none: trials shorter than the first rung)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args = parse_args(argv)
+    workdir = Path.cwd().resolve()
+    try:
+        plan = make_plan(args, workdir)
+        if args.dry_run:
+            import torch
+
+            print(describe(plan, os.cpu_count() or 1, torch.cuda.device_count()))
+            print("dry run: nothing was started.")
+            return 0
+        from sweep.service import run_sweep
+
+        return run_sweep(
+            plan, resume=args.resume is not None, address=args.address, dashboard=not args.no_dashboard
+        )
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def git_commit(folder: Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""What the searcher and the scheduler optimise (DESIGN.md §5), defined once (PITFALLS: ray#35909).
+
+    values = objective_values(metrics, dim=32, max_recon_mel=4.0)
+    values["objective/rollout_k4"]    # rollout/k4 / D, or SURROGATE when not finite: what Optuna sees
+    values["rollout/k4_per_dim"]      # the raw value per dimension, inf / nan as they are
+
+Both objectives are delta-NLLs per latent dimension (nats/dim; lower is better) so that bottleneck
+sizes compare fairly: summed NLLs grow with D. Non-finite values never reach a searcher or a
+scheduler (ray#11670, optuna#2169, and OptunaSearch leaves NaN-told trials RUNNING): they get
+`SURROGATE`, worse than any real value, and the raw value is logged beside it. Reconstruction is a
+constraint, `recon/mel - max_recon_mel <= 0` (feasible), handed to Optuna with `set_constraint`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+ROLLOUT_OBJECTIVE = "objective/rollout_k4"
+TEACHER_OBJECTIVE = "objective/teacher_k1"
+OBJECTIVES = (ROLLOUT_OBJECTIVE, TEACHER_OBJECTIVE)
+OBJECTIVE_MODES = ("min", "min")
+SCHEDULER_METRIC = ROLLOUT_OBJECTIVE  # ASHA stops on the cheap battery's k=4 rollout
+SCHEDULER_MODE = "min"
+TIME_ATTR = "step"  # VAE optimiser steps done: ASHA's clock, reported with every result
+CONSTRAINT = "constraint/recon_mel"
+MEASURED = "objective/measured"  # 0 until the first (cheap) battery has run, then 1
+SURROGATE = 1000.0  # nats per dimension: worse than any finite delta-NLL a trial can reach
+
+_SOURCES = {ROLLOUT_OBJECTIVE: ("rollout/k4", "rollout/finite/k4"), TEACHER_OBJECTIVE: ("teacher/k1", None)}
+
+
+def objective_values(metrics: Mapping[str, float], dim: int, max_recon_mel: float | None = None) -> dict:
+    """The searcher's finite objectives, the raw per-dimension values, and the recon constraint."""
+    out: dict[str, float] = {MEASURED: 1.0}
+    for objective, (key, finite_key) in _SOURCES.items():
+        raw = float(metrics.get(key, math.nan)) / dim
+        out[f"{key}_per_dim"] = raw
+        finite = math.isfinite(raw) and (finite_key is None or bool(metrics.get(finite_key, 1.0)))
+        out[objective] = min(raw, SURROGATE) if finite else SURROGATE
+    if max_recon_mel is not None:
+        out[CONSTRAINT] = constraint_value(metrics.get("recon/mel", math.nan), max_recon_mel)
+    return out
+
+
+def constraint_value(recon_mel: float, max_recon_mel: float) -> float:
+    """Feasible when <= 0; a non-finite reconstruction is infeasible (SURROGATE), never NaN."""
+    value = float(recon_mel) - max_recon_mel
+    return value if math.isfinite(value) else SURROGATE
+
+
+def unmeasured() -> dict:
+    """What every report carries before the first battery: ASHA needs its metric in each result."""
+    return {MEASURED: 0.0, ROLLOUT_OBJECTIVE: SURROGATE, TEACHER_OBJECTIVE: SURROGATE}

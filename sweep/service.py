@@ -1,0 +1,297 @@
+"""Running a validated SweepPlan: data and feature cache, MLflow parent run, Ray Tune, the summary.
+
+    code = run_sweep(make_plan(parse_args([...]), Path.cwd()), resume=False)
+
+sweep/launch.py validates the flags and calls this; tests call it with tiny plans.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from pathlib import Path
+
+import ray
+import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from models.codec import CodecSpec, CodecWeightsMissing, MimiCodec
+from sweep import spaces
+from sweep.config import ASHA_REDUCTION
+from sweep.corpus import write_corpus
+from sweep.data import DataError, discover_audio, select_utterances, split_by_speaker
+from sweep.features import build_feature_cache
+from sweep.launch import SweepPlan, UsageError, describe, git_commit
+from sweep.objective import (
+    CONSTRAINT,
+    OBJECTIVE_MODES,
+    OBJECTIVES,
+    SCHEDULER_METRIC,
+    SCHEDULER_MODE,
+    SURROGATE,
+    TIME_ATTR,
+)
+from sweep.summary import log_summary, results_frame, summarise
+from sweep.tracking import (
+    SweepTracking,
+    TrackingUnreachable,
+    check_reachable,
+    finish_sweep,
+    open_sweep_tracking,
+    reopen_sweep_tracking,
+)
+from sweep.trainable import TrialContext, train_trial
+
+log = logging.getLogger("sweep.launch")
+
+
+class ConstrainedOptunaSearch(OptunaSearch):
+    """OptunaSearch that hands Optuna the recon constraint and never a non-finite objective.
+
+    Optuna 5 reads constraints from `trial.set_constraint` (the sampler-level constraints_func is
+    deprecated); OptunaSearch's ask/tell has no place for them, so they are set on the trial just
+    before it is told. Non-finite values would leave the study's trial RUNNING (OptunaSearch logs
+    and swallows tell's error), so they become the surrogate here as a last guard.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if result and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            result = dict(result)
+            for name in OBJECTIVES:
+                value = result.get(name)
+                if value is not None and not math.isfinite(value):
+                    result[name] = SURROGATE
+            if CONSTRAINT in result and all(result.get(name) is not None for name in OBJECTIVES):
+                self._ot_trials[trial_id].set_constraint("recon_mel", float(result[CONSTRAINT]))
+        super().on_trial_complete(trial_id, result, error)
+
+
+def run_sweep(
+    plan: SweepPlan, resume: bool = False, address: str | None = None, dashboard: bool = True
+) -> int:
+    try:
+        check_reachable(plan.mlflow_uri)
+        info = _start_ray(address, dashboard, plan)
+        context, tags = _prepare(plan)
+    except (TrackingUnreachable, CodecWeightsMissing, DataError) as err:
+        raise UsageError(str(err)) from None
+    print(
+        describe(plan, int(ray.cluster_resources().get("CPU", 0)), int(ray.cluster_resources().get("GPU", 0)))
+    )
+    if resume:
+        tracking = reopen_sweep_tracking(plan.mlflow_uri, plan.parent_run_id, tags)
+    else:
+        tracking = open_sweep_tracking(
+            plan.mlflow_uri, plan.experiment, Path(plan.workdir) / "mlartifacts", _sweep_params(plan), tags
+        )
+        plan.parent_run_id = tracking.parent_run_id
+        plan.save()
+    context = dataclasses.replace(context, tracking=tracking)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, context=context),
+        {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial},
+    )
+    # Tune warns when checkpoints come faster than every 5 s: by design in short smoke trials.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    tuner = _restore_tuner(plan, trainable) if resume else _new_tuner(plan, trainable)
+    _print_where(plan, tracking, info)
+    grid = tuner.fit()
+    return _finish(plan, tracking, grid)
+
+
+def _prepare(plan: SweepPlan) -> tuple[TrialContext, dict]:
+    """The data split and the feature cache, built once here, before any trial starts."""
+    preset = plan.preset
+    data = Path(plan.data)
+    if not data.exists() and preset.name == "smoke":
+        written = write_corpus(data)
+        log.info("wrote the bundled smoke corpus (%d utterances) to %s", len(written), data)
+    files = select_utterances(discover_audio(data), preset.max_utterances)
+    train_files, eval_files = split_by_speaker(files, seed=plan.seed)
+    spec = CodecSpec.parse(plan.codec)
+    codec = MimiCodec.from_spec(spec)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cache = build_feature_cache(files, codec, plan.cache, min_seconds=preset.crop_seconds, device=device)
+    train_ids, eval_ids = cache.ids_for(train_files), cache.ids_for(eval_files)
+    if not train_ids or not eval_ids:
+        raise DataError(
+            f"{data}: after skipping unusable files, the train or eval split is empty; add speakers."
+        )
+    fingerprint = spec.fingerprint()
+    tags = {
+        "git.commit": git_commit(Path(__file__).parent),
+        "data.path": str(data),
+        "data.fingerprint": cache.directory.name,  # the feature-cache key: files, sizes, mtimes, codec
+        "data.utterances": f"{len(train_ids)} train / {len(eval_ids)} eval",
+        "codec.id": spec.describe(),
+        "codec.revision": str(fingerprint.get("revision") or "n/a"),
+        "sweep.space": plan.space,
+        "sweep.search": plan.search,
+        "sweep.preset": preset.name,
+        "sweep.experiment": plan.experiment,
+    }
+    context = TrialContext(
+        preset=preset,
+        cache_dir=str(cache.directory.resolve()),
+        train_ids=tuple(train_ids),
+        eval_ids=tuple(eval_ids),
+        codec=plan.codec,
+        device="cuda" if plan.gpus_per_trial > 0 else "cpu",
+        threads=max(1, int(plan.cpus_per_trial)),
+        seed=plan.seed,
+        varied=plan.varied,
+        fixed=dict(plan.fixed),
+    )
+    return context, tags
+
+
+def _start_ray(address: str | None, dashboard: bool, plan: SweepPlan):
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():  # a caller (a test, a notebook) brought its own Ray
+        info = None
+    elif address:
+        info = ray.init(address=address)
+    else:
+        # Every UI binds to loopback: Ray's dashboard runs code for whoever reaches it (DESIGN §5).
+        info = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1")
+    if plan.gpus_per_trial > 0 and not ray.cluster_resources().get("GPU"):
+        raise UsageError(f"--gpus-per-trial {plan.gpus_per_trial:g} but the Ray cluster has no GPUs.")
+    return info
+
+
+def _sweep_params(plan: SweepPlan) -> dict:
+    return {
+        "space": plan.space,
+        "search": plan.search,
+        "preset": plan.preset.name,
+        "num_samples": plan.num_samples,
+        "steps_per_10k": plan.preset.steps,
+        "scheduler": plan.scheduler,
+        "seed": plan.seed,
+        "codec": plan.codec,
+        "data": plan.data,
+        "cpus_per_trial": plan.cpus_per_trial,
+        "gpus_per_trial": plan.gpus_per_trial,
+        "max_recon_mel": plan.preset.max_recon_mel,
+        **{f"fixed.{k}": v for k, v in plan.fixed.items()},
+    }
+
+
+def _searcher(plan: SweepPlan):
+    if plan.search == "grid":
+        return None
+    import optuna
+
+    storage = optuna.storages.RDBStorage(plan.optuna_uri)
+    return ConstrainedOptunaSearch(
+        metric=list(OBJECTIVES),
+        mode=list(OBJECTIVE_MODES),
+        points_to_evaluate=[spaces.baseline_point(plan.space)],
+        study_name=plan.experiment,
+        storage=storage,
+        seed=plan.seed,
+    )
+
+
+def _scheduler(plan: SweepPlan):
+    if plan.scheduler == "none":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr=TIME_ATTR,
+        metric=SCHEDULER_METRIC,
+        mode=SCHEDULER_MODE,
+        max_t=plan.max_train_steps(),
+        grace_period=plan.preset.probe_first,
+        reduction_factor=ASHA_REDUCTION,
+    )
+
+
+def _run_config(plan: SweepPlan) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=plan.experiment,
+        storage_path=plan.storage,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        failure_config=tune.FailureConfig(max_failures=2),  # a dead worker resumes from its last checkpoint
+        verbose=1,  # the status table; each trial's metrics are in MLflow rather than on the console
+    )
+
+
+def _new_tuner(plan: SweepPlan, trainable) -> tune.Tuner:
+    return tune.Tuner(
+        trainable,
+        param_space=spaces.SPACES[plan.space](plan.search),
+        tune_config=tune.TuneConfig(
+            search_alg=_searcher(plan),
+            scheduler=_scheduler(plan),
+            num_samples=plan.num_samples,
+            max_concurrent_trials=plan.max_concurrent,
+        ),
+        run_config=_run_config(plan),
+    )
+
+
+def _restore_tuner(plan: SweepPlan, trainable) -> tune.Tuner:
+    path = str(plan.experiment_dir)
+    if not tune.Tuner.can_restore(path):
+        raise UsageError(
+            f"--resume {plan.experiment}: {path} has no Tune state to restore (the sweep stopped before its "
+            "first trial was saved); start it again with --space."
+        )
+    return tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+
+
+def _print_where(plan: SweepPlan, tracking: SweepTracking, info) -> None:
+    url = getattr(info, "dashboard_url", None)
+    if url:
+        print(f"Ray dashboard: http://{url}  (loopback only; from another machine: ssh -L 8265:{url} <host>)")
+    print(f"MLflow parent run {tracking.parent_run_id} in {plan.mlflow_uri}")
+
+
+def _finish(plan: SweepPlan, tracking: SweepTracking, grid) -> int:
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    if unfinished > 0 or len(grid) < plan.trial_count and plan.search == "grid":
+        finish_sweep(tracking, "KILLED")
+        print(
+            f"\nsweep interrupted with {unfinished} unfinished trials; finish it with:\n"
+            f"  python -m sweep.launch --resume {plan.experiment} --storage {plan.storage}"
+        )
+        return 130
+    frame = results_frame(grid, plan.varied, plan.preset, plan.seed, fixed=plan.fixed)
+    study = _load_study(plan)
+    summary = summarise(frame, study)
+    log_summary(tracking, frame, summary, plan.experiment_dir / "summary")
+    finish_sweep(tracking)
+    _print_summary(plan, tracking, summary, grid)
+    return 0 if not grid.errors else 1
+
+
+def _load_study(plan: SweepPlan):
+    if plan.search != "optuna":
+        return None
+    import optuna
+
+    return optuna.load_study(study_name=plan.experiment, storage=plan.optuna_uri)
+
+
+def _print_summary(plan: SweepPlan, tracking: SweepTracking, summary, grid) -> None:
+    print("\n# Sweep summary: " + plan.experiment + "\n")
+    print(summary.table + "\n")
+    for report in summary.best_reports:
+        print(report)
+    print("Verdict: " + summary.verdict + "\n")
+    if grid.errors:
+        print(f"{len(grid.errors)} trials failed; their errors are in {plan.experiment_dir}\n")
+    store = plan.mlflow_uri
+    print("Open the results (each UI binds to 127.0.0.1 only):")
+    if store.startswith("sqlite"):
+        print(f"  mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000")
+        print(f"    then http://127.0.0.1:5000/#/experiments/{tracking.experiment_id}")
+    else:
+        print(f"  {store}/#/experiments/{tracking.experiment_id}")
+    if plan.search == "optuna":
+        print(f"  optuna-dashboard {plan.optuna_uri} --host 127.0.0.1   (pip install optuna-dashboard)")
+    print(f"  Tune results: {plan.experiment_dir}")

@@ -1,0 +1,198 @@
+"""MLflow: one parent run per sweep (made by the driver), one child run per trial (made by the trial).
+
+    target = open_sweep_tracking(uri, "beta_dim-smoke-20261125-2101", workdir, params, tags)
+    run = TrialRun.find_or_create(target, trial_id="a1b2_00000", name="beta=0.01 dim=32", params={...})
+    run.log_metrics({"train/loss": 1.2}, step=100)
+    run.log_artifacts(folder, "audio")
+
+Why by hand and not through Ray's MLflow integrations (PITFALLS): `MLflowLoggerCallback` logs from
+the driver and `setup_mlflow` left workers on the wrong tracking URI (ray#36257, #45456), and nested
+runs do not work through them (ray#19978). So the driver creates the experiment and the parent
+run before any trial starts (creating them from many processes races: mlflow#4123), and every
+trial talks to MLflow with an explicit URI and experiment id, marking its run as a child with the
+`mlflow.parentRunId` tag. A retried or resumed trial finds its child run by the `sweep.trial_id`
+tag and continues it, so a trial never gets two runs.
+
+Logging from a trial is retried with backoff and, if MLflow stays away, reported as a warning: the
+trial's results are in Tune's storage either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STORE = "mlflow.db"
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "sweep.trial_id"
+ROLE_TAG = "sweep.role"
+_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
+
+
+class TrackingUnreachable(RuntimeError):
+    pass
+
+
+def default_uri(workdir: str | os.PathLike) -> str:
+    """MLflow's own default store since 3.7, as an absolute path: trials run in other folders."""
+    return f"sqlite:///{(Path(workdir) / DEFAULT_STORE).resolve()}"
+
+
+@contextmanager
+def _fail_fast_http():
+    """No retry storm while checking a server: MLflow retries HTTP for minutes by default."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
+def check_reachable(uri: str) -> None:
+    """Fail at once, naming the URI and the fix, when MLflow cannot be reached at `uri`."""
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise TrackingUnreachable(
+                f"MLflow store {uri}: the folder {folder} does not exist. Create it, or pass "
+                f"--mlflow-uri sqlite:///mlflow.db to use the working folder."
+            )
+    try:
+        with _fail_fast_http():
+            MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as err:  # MlflowException, connection errors, SQL errors: all mean the same here
+        hint = (
+            "start the server (e.g. `mlflow server --host 127.0.0.1 --port 5000`) or"
+            if uri.startswith("http")
+            else "check the path and permissions, or"
+        )
+        raise TrackingUnreachable(
+            f"MLflow tracking URI {uri} is unreachable ({type(err).__name__}: {str(err)[:200]}). "
+            f"To fix: {hint} leave --mlflow-uri out to use sqlite:///mlflow.db in the working folder."
+        ) from err
+
+
+@dataclass(frozen=True)
+class SweepTracking:
+    """Everything a trial needs to log into the sweep's parent run; plain data, pickles to workers."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str
+    tags: Mapping[str, str]  # carried by every child run: git commit, data fingerprint, codec, ...
+
+
+def open_sweep_tracking(
+    uri: str, experiment: str, artifact_root: Path | None, params: Mapping, tags: Mapping[str, str]
+) -> SweepTracking:
+    """Create (or reuse) the experiment and start the sweep's parent run."""
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        experiment_id = found.experiment_id
+    else:
+        location = artifact_root.resolve().as_uri() if artifact_root and uri.startswith("sqlite") else None
+        experiment_id = client.create_experiment(experiment, artifact_location=location)
+    run = client.create_run(experiment_id, run_name=experiment, tags={**tags, ROLE_TAG: "sweep"})
+    client.log_batch(run.info.run_id, params=_params(params))
+    return SweepTracking(uri, experiment_id, run.info.run_id, dict(tags))
+
+
+def reopen_sweep_tracking(uri: str, parent_run_id: str, tags: Mapping[str, str]) -> SweepTracking:
+    """The same parent run again, for --resume; it is marked running until the sweep ends."""
+    client = MlflowClient(uri)
+    run = client.get_run(parent_run_id)
+    client.update_run(parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    return SweepTracking(uri, run.info.experiment_id, parent_run_id, dict(tags))
+
+
+def finish_sweep(tracking: SweepTracking, status: str = "FINISHED") -> None:
+    MlflowClient(tracking.uri).set_terminated(tracking.parent_run_id, status=status)
+
+
+def _params(params: Mapping) -> list[Param]:
+    return [Param(str(k), str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in params.items()]
+
+
+class TrialRun:
+    """A trial's child run; every call is retried, and a lasting failure is logged, not raised."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client, self.run_id = client, run_id
+        self.failures = 0
+
+    @classmethod
+    def find_or_create(
+        cls, sweep: SweepTracking, trial_id: str, name: str, params: Mapping, tags: Mapping[str, str]
+    ) -> TrialRun:
+        client = MlflowClient(sweep.uri)
+        query = f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{sweep.parent_run_id}'"
+        found = _retry(lambda: client.search_runs([sweep.experiment_id], query, max_results=1))
+        if found:
+            run = cls(client, found[0].info.run_id)
+            attempt = int(found[0].data.tags.get("sweep.attempt", "1")) + 1
+            run.set_tags({"sweep.attempt": str(attempt)})
+            client.update_run(run.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            return run
+        all_tags = {**sweep.tags, **tags, PARENT_TAG: sweep.parent_run_id, TRIAL_TAG: trial_id,
+                    ROLE_TAG: "trial", "sweep.attempt": "1"}  # fmt: skip
+        created = _retry(lambda: client.create_run(sweep.experiment_id, run_name=name, tags=all_tags))
+        run = cls(client, created.info.run_id)
+        run._call(lambda: client.log_batch(run.run_id, params=_params(params)))
+        return run
+
+    def _call(self, fn: Callable) -> None:
+        try:
+            _retry(fn)
+        except Exception as err:
+            self.failures += 1
+            log.warning("MLflow logging to run %s failed after retries: %s", self.run_id, err)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        stamp = int(time.time() * 1000)
+        batch = [Metric(k, float(v), stamp, step) for k, v in metrics.items() if _is_number(v)]
+        for i in range(0, len(batch), 900):  # MLflow takes at most 1000 metrics per batch
+            self._call(lambda chunk=batch[i : i + 900]: self.client.log_batch(self.run_id, metrics=chunk))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self._call(lambda k=key, v=value: self.client.set_tag(self.run_id, k, str(v)))
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        self._call(lambda: self.client.log_artifact(self.run_id, str(path), folder))
+
+    def log_artifacts(self, directory: Path, folder: str | None = None) -> None:
+        self._call(lambda: self.client.log_artifacts(self.run_id, str(directory), folder))
+
+    def log_table(self, frame, artifact_file: str) -> None:
+        self._call(lambda: self.client.log_table(self.run_id, frame, artifact_file))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self._call(lambda: self.client.set_terminated(self.run_id, status=status))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _retry(fn: Callable):
+    for delay in _RETRY_DELAYS:
+        try:
+            return fn()
+        except Exception as err:  # SQLite "database is locked", HTTP hiccups
+            log.info("MLflow call failed (%s); retrying in %.1f s", err, delay)
+            time.sleep(delay)
+    return fn()

@@ -1,0 +1,253 @@
+"""The Ray Tune trainable: one beta-VAE trial, thin around `VAETrainer.train_step` (STYLE.md 3).
+
+    tuner = tune.Tuner(tune.with_parameters(train_trial, context=context), param_space=space, ...)
+
+A trial builds from its config, restores from `tune.get_checkpoint()` when Tune retries or resumes
+it, trains on the shared feature cache (built once by the driver), and reports every
+`report_every` steps: `train/*` means over the interval, the step (ASHA's clock) and the
+objectives. At ASHA's rungs it runs a cheap battery (a subset of eval, small MDNs, h in {1, 4}) so
+the scheduler decides on `objective/rollout_k4`; until the first rung every report carries the
+surrogate (`objective/measured` = 0 says so). At the end: the full battery, reconstruction metrics,
+rollout WAVs, everything reported to Tune and logged to the trial's MLflow child run.
+
+A loss that turns non-finite ends the trial cleanly as `diverged`: its last finite curves and the
+non-finite value are recorded, the searcher gets the surrogate, the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from ray import tune
+
+from evaluation.diagnostics import BatteryConfig, run_battery
+from evaluation.trial import EvalConfig, TrialEvaluation, evaluate_vae
+from models.codec import CodecSpec, MimiCodec
+from models.runtime import pick_device
+from models.training import VAETrainer, load_checkpoint, save_checkpoint
+from models.vae import BetaVAE, posterior_means
+from sweep.artifacts import log_trial_evaluation
+from sweep.config import ASHA_REDUCTION, Preset, TrialParams
+from sweep.features import CropSampler, FeatureCache
+from sweep.objective import MEASURED, TIME_ATTR, objective_values, unmeasured
+from sweep.tracking import SweepTracking, TrialRun
+
+log = logging.getLogger(__name__)
+
+STATUS = "status"  # completed | diverged (reported with the last result)
+PROBE_HORIZONS = (1, 4)
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial shares; made once by the driver, pickled to the workers."""
+
+    preset: Preset
+    cache_dir: str  # absolute: trials run in their own folders
+    train_ids: tuple[int, ...]
+    eval_ids: tuple[int, ...]
+    codec: str
+    device: str  # "auto" | "cpu" | "cuda"
+    threads: int  # torch threads per trial: its CPU share
+    seed: int
+    varied: tuple[str, ...]  # the parameters the space varies, for run names
+    fixed: dict = field(default_factory=dict)  # --set values for parameters the space does not vary
+    tracking: SweepTracking | None = None  # None: no MLflow (the trainable alone, in tests)
+
+
+def rung_steps(train_steps: int, first: int, factor: int = ASHA_REDUCTION) -> list[int]:
+    """ASHA's milestones below the end of training: first, first * factor, ... (< train_steps)."""
+    rungs, step = [], first
+    while step < train_steps:
+        rungs.append(step)
+        step *= factor
+    return rungs
+
+
+def train_trial(config: dict, context: TrialContext) -> None:
+    params = TrialParams.from_config({**context.fixed, **config}, context.preset, seed=context.seed)
+    torch.manual_seed(params.seed)
+    torch.set_num_threads(max(1, context.threads))
+    device = pick_device(context.device)
+    run = _child_run(context, params)
+    cache = FeatureCache(context.cache_dir, verify=False)
+    codec = MimiCodec.from_spec(CodecSpec.parse(context.codec))
+    trainer = VAETrainer(BetaVAE(params.vae_config(context.preset), codec.decoder), device)
+    latest = _restore(trainer)
+    preset = context.preset
+    crop_frames = round(preset.crop_seconds * codec.frame_rate)
+    sampler = CropSampler(cache, list(context.train_ids), crop_frames, preset.batch_size, seed=params.seed)
+    rungs = set(rung_steps(params.train_steps, preset.probe_first))
+    window, clock = _Window(), _Clock()
+    while trainer.step < params.train_steps:
+        metrics = clock.timed("train", trainer.train_step, sampler.batch(trainer.step))
+        window.add(metrics)
+        if not math.isfinite(metrics["train/loss"]):
+            return _end_diverged(trainer, window, metrics, run, latest)
+        step = trainer.step
+        if step == params.train_steps:
+            break
+        if step in rungs:
+            latest = clock.timed("probe", _probe, trainer, cache, context, params, device)
+        if step % preset.report_every == 0 or step in rungs:
+            curves = window.flush()
+            if run:
+                clock.timed("logging", run.log_metrics, {**curves, **latest}, step)
+            keep = step % preset.checkpoint_every == 0 or step in rungs
+            _report({TIME_ATTR: step, **curves, **latest}, trainer if keep else None, latest)
+    evaluation = clock.timed("evaluation", _evaluate, trainer, cache, context, params, device)
+    values = objective_values(evaluation.metrics, params.dim, preset.max_recon_mel)
+    final = {TIME_ATTR: trainer.step, **window.flush(), **evaluation.metrics, **values, STATUS: "completed"}
+    if run:
+        clock.timed("logging", _log_final, run, final, evaluation, trainer.step)
+    _report({**final, **clock.seconds()}, trainer, values)
+
+
+def _child_run(context: TrialContext, params: TrialParams) -> TrialRun | None:
+    if context.tracking is None:
+        return None
+    trial = tune.get_context()
+    return TrialRun.find_or_create(
+        context.tracking,
+        trial_id=trial.get_trial_id(),
+        name=params.label(context.varied),
+        params={**params.to_dict(), **{f"preset.{k}": v for k, v in context.preset.to_dict().items()}},
+        tags={"sweep.trial_name": trial.get_trial_name(), "seed": str(params.seed)},
+    )
+
+
+def _restore(trainer: VAETrainer) -> dict:
+    """Weights, optimiser and step from Tune's latest checkpoint; the objectives reported with it."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return unmeasured()
+    with checkpoint.as_directory() as folder:
+        meta = load_checkpoint(Path(folder) / "vae", trainer)
+        log.info("resumed from a checkpoint at step %d", meta["step"])
+        return json.loads((Path(folder) / "objectives.json").read_text())
+
+
+def _report(metrics: dict, trainer: VAETrainer | None, objectives: dict) -> None:
+    if trainer is None:
+        tune.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        save_checkpoint(trainer, Path(folder) / "vae")
+        (Path(folder) / "objectives.json").write_text(json.dumps(objectives))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _probe(trainer, cache, context: TrialContext, params: TrialParams, device) -> dict:
+    """The cheap battery at an ASHA rung: small MDNs on a subset; its k=4 rollout is the rung's metric."""
+    preset = context.preset
+    n_eval = preset.probe_utterances
+    train_ids = context.train_ids[: 8 * n_eval]
+    eval_ids = context.eval_ids[:n_eval]
+    config = BatteryConfig(
+        hidden=(preset.probe_hidden,) * 2, steps=preset.probe_steps, horizons=PROBE_HORIZONS,
+        injection_steps=4, seed=params.seed, device=str(device),
+    )  # fmt: skip
+    battery = run_battery(
+        posterior_means(trainer.vae, [cache.latents(i) for i in train_ids], device),
+        posterior_means(trainer.vae, [cache.latents(i) for i in eval_ids], device),
+        config,
+    )
+    values = objective_values(battery.metrics, params.dim)
+    probe = {f"probe/{k}": v for k, v in battery.metrics.items() if k.startswith(("rollout/k", "teacher/k"))}
+    return {**values, **probe}
+
+
+def _evaluate(trainer, cache, context: TrialContext, params: TrialParams, device) -> TrialEvaluation:
+    preset = context.preset
+    eval_ids = list(context.eval_ids)
+    config = EvalConfig(
+        battery=BatteryConfig(
+            hidden=(preset.battery_hidden,) * 2,
+            steps=preset.battery_steps,
+            seed=params.seed,
+            device=str(device),
+        ),
+        recon_utterances=preset.recon_utterances,
+        audio_utterances=preset.audio_utterances,
+    )
+    folder = Path(tune.get_context().get_trial_dir()) / "evaluation"
+    return evaluate_vae(
+        trainer.vae,
+        [cache.latents(i) for i in context.train_ids],
+        [cache.latents(i) for i in eval_ids],
+        [cache.audio(i) for i in eval_ids],
+        [cache.utterances[i].utterance_id for i in eval_ids],
+        config,
+        audio_dir=folder / "audio",
+        device=device,
+        title=params.label(context.varied),
+    )
+
+
+def _log_final(run: TrialRun, final: dict, evaluation: TrialEvaluation, step: int) -> None:
+    run.log_metrics(final, step)
+    folder = Path(tune.get_context().get_trial_dir()) / "evaluation"
+    log_trial_evaluation(run, evaluation, folder)
+    run.set_tags({"sweep.status": "completed", "rollout/horizon": str(int(final["rollout/horizon"]))})
+    run.finish("FINISHED")
+
+
+def _end_diverged(trainer, window: _Window, metrics: dict, run: TrialRun | None, latest: dict) -> None:
+    """Report the divergence honestly and end the trial; the searcher sees the surrogate."""
+    last_finite = window.flush(finite_only=True)
+    step = trainer.step
+    log.warning("training diverged at step %d: %s", step, metrics)
+    final = {**latest, **last_finite, **objective_values({}, 1, 0.0), MEASURED: 0.0, TIME_ATTR: step,
+             STATUS: "diverged", "diverged/step": step, "diverged/loss": metrics["train/loss"]}  # fmt: skip
+    if run:
+        run.log_metrics(final, step)
+        run.set_tags({"sweep.status": "diverged", "sweep.diverged_step": str(step)})
+        run.finish("FAILED")
+    tune.report(final)
+
+
+class _Window:
+    """Means of the train/* scalars since the last flush."""
+
+    def __init__(self):
+        self.sums, self.counts = defaultdict(float), defaultdict(int)
+        self.finite_sums, self.finite_counts = defaultdict(float), defaultdict(int)
+
+    def add(self, metrics: dict) -> None:
+        for key, value in metrics.items():
+            self.sums[key] += value
+            self.counts[key] += 1
+            if math.isfinite(value):
+                self.finite_sums[key] += value
+                self.finite_counts[key] += 1
+
+    def flush(self, finite_only: bool = False) -> dict:
+        sums, counts = (self.finite_sums, self.finite_counts) if finite_only else (self.sums, self.counts)
+        means = {key: sums[key] / counts[key] for key in sums if counts[key]}
+        self.__init__()
+        return means
+
+
+class _Clock:
+    """Wall seconds per phase (train, probe, evaluation, logging), reported as time/<phase>."""
+
+    def __init__(self):
+        self.totals = defaultdict(float)
+
+    def timed(self, phase: str, fn, *args):
+        started = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.totals[phase] += time.perf_counter() - started
+
+    def seconds(self) -> dict:
+        return {f"time/{phase}": value for phase, value in self.totals.items()}
