@@ -144,6 +144,7 @@ def _prepare(plan: SweepPlan) -> tuple[TrialContext, dict]:
         threads=max(1, int(plan.cpus_per_trial)),
         seed=plan.seed,
         varied=plan.varied,
+        probes=plan.scheduler == "asha",
         fixed=dict(plan.fixed),
     )
     return context, tags
@@ -229,6 +230,7 @@ def _new_tuner(plan: SweepPlan, trainable) -> tune.Tuner:
             scheduler=_scheduler(plan),
             num_samples=plan.num_samples,
             max_concurrent_trials=plan.max_concurrent,
+            reuse_actors=True,  # a worker keeps its imports and codec between trials
         ),
         run_config=_run_config(plan),
     )

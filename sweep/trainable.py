@@ -16,6 +16,8 @@ non-finite value are recorded, the searcher gets the surrogate, the sweep goes o
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import logging
 import math
@@ -59,6 +61,7 @@ class TrialContext:
     threads: int  # torch threads per trial: its CPU share
     seed: int
     varied: tuple[str, ...]  # the parameters the space varies, for run names
+    probes: bool = True  # cheap batteries at ASHA's rungs; without ASHA nobody reads them
     fixed: dict = field(default_factory=dict)  # --set values for parameters the space does not vary
     tracking: SweepTracking | None = None  # None: no MLflow (the trainable alone, in tests)
 
@@ -79,13 +82,14 @@ def train_trial(config: dict, context: TrialContext) -> None:
     device = pick_device(context.device)
     run = _child_run(context, params)
     cache = FeatureCache(context.cache_dir, verify=False)
-    codec = MimiCodec.from_spec(CodecSpec.parse(context.codec))
-    trainer = VAETrainer(BetaVAE(params.vae_config(context.preset), codec.decoder), device)
+    codec = _codec(context.codec)
+    decoder = copy.deepcopy(codec.decoder)  # trained by this trial only; the cached codec stays pristine
+    trainer = VAETrainer(BetaVAE(params.vae_config(context.preset), decoder), device)
     latest = _restore(trainer)
     preset = context.preset
     crop_frames = round(preset.crop_seconds * codec.frame_rate)
     sampler = CropSampler(cache, list(context.train_ids), crop_frames, preset.batch_size, seed=params.seed)
-    rungs = set(rung_steps(params.train_steps, preset.probe_first))
+    rungs = set(rung_steps(params.train_steps, preset.probe_first)) if context.probes else set()
     window, clock = _Window(), _Clock()
     while trainer.step < params.train_steps:
         metrics = clock.timed("train", trainer.train_step, sampler.batch(trainer.step))
@@ -109,6 +113,12 @@ def train_trial(config: dict, context: TrialContext) -> None:
     if run:
         clock.timed("logging", _log_final, run, final, evaluation, trainer.step)
     _report({**final, **clock.seconds()}, trainer, values)
+
+
+@functools.lru_cache(maxsize=2)
+def _codec(spec: str) -> MimiCodec:
+    """One codec per worker process: Tune reuses workers across trials (reuse_actors)."""
+    return MimiCodec.from_spec(CodecSpec.parse(spec))
 
 
 def _child_run(context: TrialContext, params: TrialParams) -> TrialRun | None:

@@ -1,0 +1,157 @@
+"""Spaces, presets, objectives and the launcher's validation: fast, no Ray run."""
+
+import math
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from ray import tune
+
+from evaluation.report import metrics_report, tables_from_metrics
+from sweep import spaces
+from sweep.config import PRESETS, TrialParams
+from sweep.launch import describe, main, make_plan, parse_args
+from sweep.objective import CONSTRAINT, OBJECTIVES, SURROGATE, objective_values
+from sweep.service import ConstrainedOptunaSearch
+from sweep.summary import pareto_mask
+from sweep.trainable import rung_steps
+
+
+def test_spaces_have_the_documented_domains():
+    grid = spaces.SPACES["beta_dim"]("grid")
+    assert grid["beta"] == tune.grid_search([0.001, 0.01, 0.1, 1.0])
+    assert grid["dim"] == tune.grid_search([16, 32, 64, 128])
+    optuna_space = spaces.SPACES["beta_dim"]("optuna")
+    assert isinstance(optuna_space["beta"], tune.search.sample.Float)
+    assert (optuna_space["beta"].lower, optuna_space["beta"].upper) == (0.001, 1.0)
+    assert optuna_space["dim"].categories == [16, 32, 64, 128]
+    assert set(spaces.SPACES["ar_losses"]("optuna")) == {"lambda_smooth", "lambda_pred"}
+    assert [spaces.grid_size(n) for n in spaces.SPACES] == [16, 32, 2, 8]
+    assert spaces.baseline_point("beta_dim_steps") == {"beta": 0.01, "dim": 32, "steps": 10_000}
+
+
+def test_preset_scales_paper_steps():
+    smoke = PRESETS["smoke"].with_overrides(steps=8)
+    assert TrialParams.from_config({"steps": 10_000}, smoke).train_steps == 8
+    assert TrialParams.from_config({"steps": 50_000}, smoke).train_steps == 40
+    paper = TrialParams.from_config({"beta": 0.1, "dim": 64}, PRESETS["paper"])
+    assert (paper.train_steps, paper.vae_config(PRESETS["paper"]).lr) == (10_000, 1e-4)
+    assert paper.label() == "beta=0.1 dim=64"
+    with pytest.raises(ValueError, match="unknown trial parameters"):
+        TrialParams.from_config({"gamma": 1}, smoke)
+
+
+def test_rungs_double_from_the_first():
+    assert rung_steps(10_000, 2_500) == [2_500, 5_000]
+    assert rung_steps(50_000, 2_500) == [2_500, 5_000, 10_000, 20_000, 40_000]
+    assert rung_steps(3, 10) == []
+
+
+def test_objectives_are_per_dimension_and_finite():
+    metrics = {"rollout/k4": -64.0, "rollout/finite/k4": 1.0, "teacher/k1": -128.0, "recon/mel": 3.0}
+    values = objective_values(metrics, dim=32, max_recon_mel=4.0)
+    assert values["objective/rollout_k4"] == -2.0 and values["objective/teacher_k1"] == -4.0
+    assert values[CONSTRAINT] == -1.0
+    broken = objective_values({"rollout/k4": math.inf, "teacher/k1": math.nan, "recon/mel": math.nan}, 8, 4.0)
+    assert all(broken[name] == SURROGATE for name in OBJECTIVES) and broken[CONSTRAINT] == SURROGATE
+    assert math.isinf(broken["rollout/k4_per_dim"])  # the raw value is kept beside the surrogate
+    # finite number but a fed-back state blew up on the way: not finite by DESIGN §3
+    flagged = objective_values({"rollout/k4": -1.0, "rollout/finite/k4": 0.0, "teacher/k1": -1.0}, 1)
+    assert flagged["objective/rollout_k4"] == SURROGATE
+
+
+def test_searcher_sets_the_constraint_and_never_tells_nan(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    searcher = ConstrainedOptunaSearch(
+        space={"beta": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)},
+        metric=list(OBJECTIVES),
+        mode=["min", "min"],
+        study_name="s",
+        storage=storage,
+        seed=0,
+    )
+    for trial_id, result in [
+        ("a", {OBJECTIVES[0]: -1.0, OBJECTIVES[1]: -2.0, CONSTRAINT: 0.5}),
+        ("b", {OBJECTIVES[0]: math.nan, OBJECTIVES[1]: -2.0, CONSTRAINT: -1.0}),
+    ]:
+        searcher.suggest(trial_id)
+        searcher.on_trial_complete(trial_id, result)
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert trials[0].constraints == {"recon_mel": 0.5} and trials[1].constraints == {"recon_mel": -1.0}
+    assert trials[1].values == [SURROGATE, -2.0]
+
+
+def test_pareto_mask():
+    values = np.array([[0, 3], [1, 1], [3, 0], [2, 2], [np.nan, 0]], dtype=float)
+    assert pareto_mask(values).tolist() == [True, True, True, False, False]
+
+
+def test_tables_rebuilt_from_flat_metrics():
+    metrics = {"teacher/k1": -40.0, "rollout/k1": -40.0, "gap/k1": 0.0, "rollout/finite/k1": 1.0,
+               "teacher/k4": -30.0, "rollout/k4": math.inf, "gap/k4": math.inf, "rollout/finite/k4": 0.0,
+               "rollout/horizon": 1.0, "injection/A_teacher/cos": 0.5, "recon/mel": 2.5}  # fmt: skip
+    rollout, injection = tables_from_metrics(metrics)
+    assert rollout["h"].tolist() == [1, 4] and rollout["finite"].tolist() == [True, False]
+    assert injection["mode"].tolist() == ["A_teacher"]
+    text = metrics_report(metrics, title="t")
+    assert "inf" in text and "Rollout horizon: k=1" in text and "recon/mel" in text
+    assert isinstance(rollout, pd.DataFrame)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--space", "nope"], "unknown space 'nope'; choose one of: beta_dim, beta_dim_steps, steps, ar_"),
+        (["--space", "beta_dim", "--preset", "huge"], "unknown preset 'huge'; choose one of: smoke, paper"),
+        (["--space", "steps", "--set", "beta=0"], "beta must be > 0"),
+        (["--space", "steps", "--set", "dim=0"], "dim must be an integer >= 1"),
+        (["--space", "beta_dim", "--set", "beta=0.1"], "varies beta"),
+        (["--space", "beta_dim", "--gpus-per-trial", "0.5"], "no visible GPU"),
+        (["--space", "beta_dim", "--preset", "paper"], "pass --data"),
+        (["--space", "beta_dim", "--data", "/no/such/folder"], "no such folder"),
+        (["--space", "beta_dim", "--steps", "0"], "--steps must be >= 1"),
+        (["--resume", "gone"], "no such experiment"),
+        ([], "say which space"),
+    ],
+)
+def test_bad_input_is_explained_before_any_compute(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "data").exists()
+
+
+def test_empty_data_folder_is_refused(tmp_path, monkeypatch, capsys):
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["--space", "beta_dim", "--data", "empty"]) == 2
+    assert "--data empty" in capsys.readouterr().err
+
+
+def test_unreachable_mlflow_fails_fast(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = main(["--space", "beta_dim", "--mlflow-uri", "http://127.0.0.1:9", "--no-dashboard"])
+    err = capsys.readouterr().err
+    assert code == 2 and "http://127.0.0.1:9 is unreachable" in err and "mlflow server" in err
+    assert not (tmp_path / "data").exists()  # failed before the corpus or the cache were made
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--space", "beta_dim", "--search", "grid", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "16 trials of the exact grid" in out and "trials at a time" in out
+    assert "nothing was started" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resource_arithmetic(tmp_path):
+    args = parse_args(
+        ["--space", "beta_dim_steps", "--search", "grid", "--cpus-per-trial", "2"] + ["--steps", "10"]
+    )
+    plan = make_plan(args, tmp_path)
+    text = describe(plan, cpus=16, gpus=0)
+    assert "32 trials of the exact grid" in text and "8 trials at a time, 4 waves" in text
+    assert "longest trial 50" in text

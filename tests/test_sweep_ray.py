@@ -1,0 +1,180 @@
+"""The sweep end to end through Ray Tune, Optuna and MLflow, on the smoke preset with tiny settings."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pytest
+import ray
+from mlflow import MlflowClient
+
+from sweep.launch import main
+from sweep.tracking import PARENT_TAG, ROLE_TAG, TRIAL_TAG
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+CHILD_METRICS = (
+    *("rollout/k4", "teacher/k1", "gap/k4", "rollout/horizon", "injection/D_rollout/cos", "recon/mel"),
+    *("recon/l1", "objective/rollout_k4", "rollout/k4_per_dim", "train/loss"),
+)
+CHILD_TAGS = ("git.commit", "data.fingerprint", "codec.id", "codec.revision", "seed", "sweep.trial_name")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(ray_cluster, tmp_path_factory):
+    """4 Optuna trials of 8 VAE steps each, in a fresh working folder."""
+    workdir = tmp_path_factory.mktemp("sweep")
+    old = os.getcwd()
+    os.chdir(workdir)
+    try:
+        started = time.perf_counter()
+        code = main(
+            ["--space", "beta_dim", "--preset", "smoke", "--steps", "8"] + ["--experiment", "smoke-test"]
+        )
+        seconds = time.perf_counter() - started
+    finally:
+        os.chdir(old)
+    print(f"smoke sweep: {seconds:.1f} s")
+    return workdir, code
+
+
+def _runs(workdir):
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("smoke-test")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get(ROLE_TAG) == "sweep"]
+    children = [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
+    return client, parents, children
+
+
+def test_sweep_completes(smoke_sweep):
+    _, code = smoke_sweep
+    assert code == 0
+
+
+def test_mlflow_holds_one_parent_and_a_child_per_trial(smoke_sweep):
+    workdir, _ = smoke_sweep
+    client, parents, children = _runs(workdir)
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert {c.data.tags[PARENT_TAG] for c in children} == {parent.info.run_id}
+    assert len({c.data.tags[TRIAL_TAG] for c in children}) == 4
+    for child in children:
+        assert child.info.status == "FINISHED"
+        metrics = child.data.metrics
+        for key in CHILD_METRICS:
+            assert key in metrics, key
+        assert metrics["rollout/k1"] == metrics["teacher/k1"]
+        assert len(client.get_metric_history(child.info.run_id, "train/loss")) >= 1
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "tables")}
+        assert {"tables/rollout.csv", "tables/rollout.json", "tables/injection.csv"} <= artifacts
+        wavs = [a.path for a in client.list_artifacts(child.info.run_id, "audio") if a.path.endswith(".wav")]
+        assert len(wavs) >= 7  # orig, recon, 5 rollout lengths
+        for key in CHILD_TAGS:
+            assert key in child.data.tags, key
+        assert {"beta", "dim", "steps", "train_steps"} <= set(child.data.params)
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.csv", "summary.md", "verdict.md", "importances.json"} <= parent_files
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert plots == {"plots/rollout_vs_h.png", "plots/pareto.png"}
+    assert "verdict" in "".join(parent.data.tags) and parent.info.status == "FINISHED"
+    summary = pd.read_csv(client.download_artifacts(parent.info.run_id, "summary.csv"))
+    assert len(summary) == 4 and set(summary["status"]) == {"completed"}
+
+
+def test_optuna_study_persists_with_the_baseline_first(smoke_sweep):
+    workdir, _ = smoke_sweep
+    study = optuna.load_study(study_name="smoke-test", storage=f"sqlite:///{workdir / 'optuna.db'}")
+    assert len(study.trials) == 4
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    first = min(study.trials, key=lambda t: t.number)
+    assert first.params == {"beta": 0.01, "dim": 32}
+    assert all("recon_mel" in t.constraints for t in study.trials)
+
+
+def test_trials_ran_concurrently(smoke_sweep):
+    """PITFALLS: OptunaSearch once ran trials one at a time; two CPUs should hold two trials."""
+    workdir, _ = smoke_sweep
+    _, _, children = _runs(workdir)
+    spans = sorted((c.info.start_time, c.info.end_time) for c in children)
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
+
+
+@pytest.mark.slow
+def test_grid_runs_exactly_the_grid(ray_cluster, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--space", "beta_dim", "--search", "grid", "--preset", "smoke", "--steps", "2"] + [
+        "--experiment",
+        "grid",
+    ]
+    assert main(argv) == 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("grid").experiment_id
+    runs = client.search_runs([experiment], f"tags.`{ROLE_TAG}` = 'trial'")
+    assert len(runs) == 16
+    pairs = {(float(r.data.params["beta"]), int(r.data.params["dim"])) for r in runs}
+    assert pairs == {(b, d) for b in (0.001, 0.01, 0.1, 1.0) for d in (16, 32, 64, 128)}
+
+
+def _finished_children(db):
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name("resume-test")
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id], f"tags.`{ROLE_TAG}` = 'trial'")
+    return [r for r in runs if r.info.status == "FINISHED"]
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path):
+    """SIGINT then SIGKILL to the driver mid-sweep; --resume finishes it (DESIGN §5, PITFALLS ray#30861)."""
+    command = [sys.executable, "-m", "sweep.launch", "--no-dashboard", "--experiment", "resume-test"]
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(
+        command + ["--space", "beta_dim", "--preset", "smoke", "--steps", "60", "--num-samples", "4"],
+        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not _finished_children(tmp_path / "mlflow.db"):
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no trial finished in 300 s"
+        time.sleep(2)
+    done_before = {r.data.tags[TRIAL_TAG]: r for r in _finished_children(tmp_path / "mlflow.db")}
+    first.send_signal(signal.SIGINT)
+    time.sleep(3)
+    os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    first.wait(timeout=30)
+    assert len(done_before) < 4, "the sweep finished before it could be killed; raise --steps"
+
+    resumed = subprocess.run(command[:-2] + ["--resume", "resume-test"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("resume-test").experiment_id
+    runs = client.search_runs([experiment])
+    parents = [r for r in runs if r.data.tags.get(ROLE_TAG) == "sweep"]
+    children = [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    trial_ids = [c.data.tags[TRIAL_TAG] for c in children]
+    assert len(trial_ids) == len(set(trial_ids)) == 4  # no duplicate child runs
+    assert all(c.info.status == "FINISHED" for c in children)
+    for child in children:
+        if child.data.tags[TRIAL_TAG] in done_before:  # finished before the kill: not rerun
+            assert child.data.tags["sweep.attempt"] == "1"
+            before = done_before[child.data.tags[TRIAL_TAG]]
+            assert child.data.metrics == before.data.metrics
+    study = optuna.load_study(study_name="resume-test", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4
+    assert "Sweep summary" in resumed.stdout
