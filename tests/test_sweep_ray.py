@@ -110,6 +110,18 @@ def test_trials_ran_concurrently(smoke_sweep):
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
 
 
+def test_grid_search_runs_the_space_exactly(ray_cluster, tmp_path, monkeypatch):
+    """The `steps` grid: 10k and 50k paper steps become 2 and 10 smoke steps; no Optuna study."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["--space", "steps", "--search", "grid", "--steps", "2", "--experiment", "grid-steps"]) == 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("grid-steps").experiment_id
+    runs = client.search_runs([experiment], f"tags.`{ROLE_TAG}` = 'trial'")
+    assert sorted(int(r.data.params["train_steps"]) for r in runs) == [2, 10]
+    assert {r.data.params["beta"] for r in runs} == {"0.01"}  # the baseline for what the space does not vary
+    assert not (tmp_path / "optuna.db").exists()
+
+
 @pytest.mark.slow
 def test_grid_runs_exactly_the_grid(ray_cluster, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -135,7 +147,6 @@ def _finished_children(db):
     return [r for r in runs if r.info.status == "FINISHED"]
 
 
-@pytest.mark.slow
 def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path):
     """SIGINT then SIGKILL to the driver mid-sweep; --resume finishes it (DESIGN §5, PITFALLS ray#30861)."""
     command = [sys.executable, "-m", "sweep.launch", "--no-dashboard", "--experiment", "resume-test"]
