@@ -40,6 +40,7 @@ from sweep.tracking import (
     SweepTracking,
     TrackingUnreachable,
     check_reachable,
+    close_open_trial_runs,
     finish_sweep,
     open_sweep_tracking,
     reopen_sweep_tracking,
@@ -263,6 +264,8 @@ def _finish(plan: SweepPlan, tracking: SweepTracking, grid) -> int:
         )
         return 130
     frame = results_frame(grid, plan.varied, plan.preset, plan.seed, fixed=plan.fixed)
+    if not frame.empty:
+        close_open_trial_runs(tracking, dict(zip(frame["trial_id"], frame["status"], strict=True)))
     study = _load_study(plan)
     summary = summarise(frame, study)
     log_summary(tracking, frame, summary, plan.experiment_dir / "summary")

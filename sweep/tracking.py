@@ -106,6 +106,8 @@ def open_sweep_tracking(
     else:
         location = artifact_root.resolve().as_uri() if artifact_root and uri.startswith("sqlite") else None
         experiment_id = client.create_experiment(experiment, artifact_location=location)
+        # MLflow 3's UI opens an experiment as GenAI traces unless told it holds training runs.
+        client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
     run = client.create_run(experiment_id, run_name=experiment, tags={**tags, ROLE_TAG: "sweep"})
     client.log_batch(run.info.run_id, params=_params(params))
     return SweepTracking(uri, experiment_id, run.info.run_id, dict(tags))
@@ -121,6 +123,20 @@ def reopen_sweep_tracking(uri: str, parent_run_id: str, tags: Mapping[str, str])
 
 def finish_sweep(tracking: SweepTracking, status: str = "FINISHED") -> None:
     MlflowClient(tracking.uri).set_terminated(tracking.parent_run_id, status=status)
+
+
+def close_open_trial_runs(sweep: SweepTracking, statuses: Mapping[str, str]) -> int:
+    """End child runs that trials could not end themselves (stopped by ASHA, crashed): status tag
+    from `statuses` (trial id -> "stopped early" / "error"), MLflow status KILLED or FAILED."""
+    client = MlflowClient(sweep.uri)
+    query = f"tags.`{PARENT_TAG}` = '{sweep.parent_run_id}' and attributes.status = 'RUNNING'"
+    closed = 0
+    for run in client.search_runs([sweep.experiment_id], query):
+        status = statuses.get(run.data.tags.get(TRIAL_TAG, ""), "unknown")
+        client.set_tag(run.info.run_id, "sweep.status", status)
+        client.set_terminated(run.info.run_id, status="KILLED" if status == "stopped early" else "FAILED")
+        closed += 1
+    return closed
 
 
 def _params(params: Mapping) -> list[Param]:

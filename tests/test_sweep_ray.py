@@ -189,3 +189,22 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path):
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 4
     assert "Sweep summary" in resumed.stdout
+
+
+def test_asha_decides_on_the_cheap_battery_and_stopped_runs_are_closed(ray_cluster, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--space", "beta_dim", "--scheduler", "asha", "--steps", "16", "--num-samples", "4"]
+    assert main(argv + ["--experiment", "asha"]) == 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("asha").experiment_id
+    children = client.search_runs([experiment], f"tags.`{ROLE_TAG}` = 'trial'")
+    assert len(children) == 4
+    for child in children:
+        # rungs at steps 4 and 8: the cheap battery ran there and was logged as probe/*
+        history = client.get_metric_history(child.info.run_id, "probe/rollout/k4")
+        assert [m.step for m in history][:1] == [4]
+        assert child.info.status in ("FINISHED", "KILLED")  # none left RUNNING
+        expected = "completed" if child.info.status == "FINISHED" else "stopped early"
+        assert child.data.tags["sweep.status"] == expected
+    summary = pd.read_csv(tmp_path / "sweep-results" / "asha" / "summary" / "summary.csv")
+    assert set(summary["status"]) <= {"completed", "stopped early"} and "completed" in set(summary["status"])
