@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import gc
 import json
 import logging
 import math
@@ -112,7 +113,14 @@ def train_trial(config: dict, context: TrialContext) -> None:
     final = {TIME_ATTR: trainer.step, **window.flush(), **evaluation.metrics, **values, STATUS: "completed"}
     if run:
         clock.timed("logging", _log_final, run, final, evaluation, trainer.step)
-    _report({**final, **clock.seconds()}, trainer, values)
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = _write_checkpoint(Path(folder), trainer, values)
+        # GPU memory goes back before the last report: when Tune ends this worker right after it
+        # (ASHA's max_t, the sweep's end), a training thread still holding CUDA tensors aborts the
+        # process on its way out ("Fatal Python error: Aborted" in THPVariable_clear, seen on an H100).
+        del trainer, decoder, evaluation
+        _release_device_memory()
+        tune.report({**final, **clock.seconds()}, checkpoint=checkpoint)
 
 
 @functools.lru_cache(maxsize=2)
@@ -150,9 +158,19 @@ def _report(metrics: dict, trainer: VAETrainer | None, objectives: dict) -> None
         tune.report(metrics)
         return
     with tempfile.TemporaryDirectory() as folder:
-        save_checkpoint(trainer, Path(folder) / "vae")
-        (Path(folder) / "objectives.json").write_text(json.dumps(objectives))
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        tune.report(metrics, checkpoint=_write_checkpoint(Path(folder), trainer, objectives))
+
+
+def _write_checkpoint(folder: Path, trainer: VAETrainer, objectives: dict) -> tune.Checkpoint:
+    save_checkpoint(trainer, folder / "vae")
+    (folder / "objectives.json").write_text(json.dumps(objectives))
+    return tune.Checkpoint.from_directory(folder)
+
+
+def _release_device_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _probe(trainer, cache, context: TrialContext, params: TrialParams, device) -> dict:
