@@ -40,12 +40,12 @@ from sweep.tracking import (
     SweepTracking,
     TrackingUnreachable,
     check_reachable,
-    close_open_trial_runs,
+    end_trial_run,
     finish_sweep,
     open_sweep_tracking,
     reopen_sweep_tracking,
 )
-from sweep.trainable import TrialContext, train_trial
+from sweep.trainable import STATUS, TrialContext, train_trial
 
 log = logging.getLogger("sweep.launch")
 
@@ -69,6 +69,26 @@ class ConstrainedOptunaSearch(OptunaSearch):
             if CONSTRAINT in result and all(result.get(name) is not None for name in OBJECTIVES):
                 self._ot_trials[trial_id].set_constraint("recon_mel", float(result[CONSTRAINT]))
         super().on_trial_complete(trial_id, result, error)
+
+
+class CloseTrialRuns(tune.Callback):
+    """Ends each trial's MLflow child run when Tune records how the trial ended (in the driver)."""
+
+    def __init__(self, tracking: SweepTracking):
+        self.tracking = tracking
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        status = (trial.last_result or {}).get(STATUS) or "stopped early"
+        self._end(trial.trial_id, status)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial.trial_id, "error")
+
+    def _end(self, trial_id: str, status: str) -> None:
+        try:
+            end_trial_run(self.tracking, trial_id, status)
+        except Exception as err:  # MLflow away: the sweep goes on; _finish tries again at the end
+            log.warning("could not close the MLflow run of trial %s: %s", trial_id, err)
 
 
 def run_sweep(
@@ -98,7 +118,7 @@ def run_sweep(
     )
     # Tune warns when checkpoints come faster than every 5 s: by design in short smoke trials.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    tuner = _restore_tuner(plan, trainable) if resume else _new_tuner(plan, trainable)
+    tuner = _restore_tuner(plan, trainable) if resume else _new_tuner(plan, trainable, tracking)
     _print_where(plan, tracking, info)
     grid = tuner.fit()
     return _finish(plan, tracking, grid)
@@ -212,17 +232,18 @@ def _scheduler(plan: SweepPlan):
     )
 
 
-def _run_config(plan: SweepPlan) -> tune.RunConfig:
+def _run_config(plan: SweepPlan, tracking: SweepTracking) -> tune.RunConfig:
     return tune.RunConfig(
         name=plan.experiment,
         storage_path=plan.storage,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=2),  # a dead worker resumes from its last checkpoint
         verbose=1,  # the status table; each trial's metrics are in MLflow rather than on the console
+        callbacks=[CloseTrialRuns(tracking)],
     )
 
 
-def _new_tuner(plan: SweepPlan, trainable) -> tune.Tuner:
+def _new_tuner(plan: SweepPlan, trainable, tracking: SweepTracking) -> tune.Tuner:
     return tune.Tuner(
         trainable,
         param_space=spaces.SPACES[plan.space](plan.search),
@@ -233,7 +254,7 @@ def _new_tuner(plan: SweepPlan, trainable) -> tune.Tuner:
             max_concurrent_trials=plan.max_concurrent,
             reuse_actors=True,  # a worker keeps its imports and codec between trials
         ),
-        run_config=_run_config(plan),
+        run_config=_run_config(plan, tracking),
     )
 
 
@@ -264,8 +285,8 @@ def _finish(plan: SweepPlan, tracking: SweepTracking, grid) -> int:
         )
         return 130
     frame = results_frame(grid, plan.varied, plan.preset, plan.seed, fixed=plan.fixed)
-    if not frame.empty:
-        close_open_trial_runs(tracking, dict(zip(frame["trial_id"], frame["status"], strict=True)))
+    for trial_id, status in zip(frame.get("trial_id", []), frame.get("status", []), strict=True):
+        end_trial_run(tracking, trial_id, status)  # any the callback missed
     study = _load_study(plan)
     summary = summarise(frame, study)
     log_summary(tracking, frame, summary, plan.experiment_dir / "summary")

@@ -125,18 +125,23 @@ def finish_sweep(tracking: SweepTracking, status: str = "FINISHED") -> None:
     MlflowClient(tracking.uri).set_terminated(tracking.parent_run_id, status=status)
 
 
-def close_open_trial_runs(sweep: SweepTracking, statuses: Mapping[str, str]) -> int:
-    """End child runs that trials could not end themselves (stopped by ASHA, crashed): status tag
-    from `statuses` (trial id -> "stopped early" / "error"), MLflow status KILLED or FAILED."""
+# How a trial ended (sweep.status) -> the MLflow run status.
+RUN_STATUS = {"completed": "FINISHED", "stopped early": "KILLED", "diverged": "FAILED", "error": "FAILED"}
+
+
+def end_trial_run(sweep: SweepTracking, trial_id: str, status: str) -> bool:
+    """Close a trial's child run once Tune has recorded how the trial ended.
+
+    Trials never close their own run: a result Tune has not recorded yet (driver killed) is
+    produced again on --resume, and the run stays open until then. False if no open run was found."""
     client = MlflowClient(sweep.uri)
-    query = f"tags.`{PARENT_TAG}` = '{sweep.parent_run_id}' and attributes.status = 'RUNNING'"
-    closed = 0
-    for run in client.search_runs([sweep.experiment_id], query):
-        status = statuses.get(run.data.tags.get(TRIAL_TAG, ""), "unknown")
-        client.set_tag(run.info.run_id, "sweep.status", status)
-        client.set_terminated(run.info.run_id, status="KILLED" if status == "stopped early" else "FAILED")
-        closed += 1
-    return closed
+    query = (f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{sweep.parent_run_id}' "
+             "and attributes.status = 'RUNNING'")  # fmt: skip
+    runs = _retry(lambda: client.search_runs([sweep.experiment_id], query, max_results=1))
+    for run in runs:
+        _retry(lambda r=run: client.set_tag(r.info.run_id, "sweep.status", status))
+        _retry(lambda r=run: client.set_terminated(r.info.run_id, status=RUN_STATUS.get(status, "FAILED")))
+    return bool(runs)
 
 
 def _params(params: Mapping) -> list[Param]:

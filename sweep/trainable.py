@@ -224,8 +224,7 @@ def _log_final(run: TrialRun, final: dict, evaluation: TrialEvaluation, step: in
     run.log_metrics(final, step)
     folder = Path(tune.get_context().get_trial_dir()) / "evaluation"
     log_trial_evaluation(run, evaluation, folder)
-    run.set_tags({"sweep.status": "completed", "rollout/horizon": str(int(final["rollout/horizon"]))})
-    run.finish("FINISHED")
+    run.set_tags({"rollout/horizon": str(int(final["rollout/horizon"]))})
 
 
 def _end_diverged(trainer, window: _Window, metrics: dict, run: TrialRun | None, latest: dict) -> None:
@@ -237,8 +236,7 @@ def _end_diverged(trainer, window: _Window, metrics: dict, run: TrialRun | None,
              STATUS: "diverged", "diverged/step": step, "diverged/loss": metrics["train/loss"]}  # fmt: skip
     if run:
         run.log_metrics(final, step)
-        run.set_tags({"sweep.status": "diverged", "sweep.diverged_step": str(step)})
-        run.finish("FAILED")
+        run.set_tags({"sweep.diverged_step": str(step)})
     tune.report(final)
 
 
