@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sweep import spaces
+from sweep import spaces, storage
 from sweep.config import PRESETS, SCHEDULERS, Preset, TrialParams
 from sweep.objective import OBJECTIVES, SCHEDULER_METRIC
 
@@ -65,8 +65,16 @@ class SweepPlan:
     parent_run_id: str | None = None
 
     @property
-    def experiment_dir(self) -> Path:
-        return Path(self.storage) / self.experiment
+    def experiment_dir(self) -> str:
+        """Tune's folder (or URI) for this sweep."""
+        return storage.join(self.storage, self.experiment)
+
+    @property
+    def summary_dir(self) -> Path:
+        """The summary files: beside Tune's results, or in the working folder when those are remote."""
+        if storage.is_uri(self.storage):
+            return Path(self.workdir) / "sweep-summaries" / self.experiment
+        return Path(self.experiment_dir) / "summary"
 
     @property
     def varied(self) -> tuple[str, ...]:
@@ -83,12 +91,11 @@ class SweepPlan:
         return max(TrialParams.from_config({"steps": s}, self.preset).train_steps for s in step_values)
 
     def save(self) -> None:
-        self.experiment_dir.mkdir(parents=True, exist_ok=True)
-        (self.experiment_dir / PLAN_FILE).write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
+        storage.write_text(storage.join(self.experiment_dir, PLAN_FILE), json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def load(cls, path: Path) -> SweepPlan:
-        values = json.loads(path.read_text())
+    def load(cls, path: str) -> SweepPlan:
+        values = json.loads(storage.read_text(path))
         values["preset"] = Preset(**values["preset"])
         return cls(**values)
 
@@ -149,7 +156,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="finish an interrupted sweep (NAME, --experiment, or the latest in --storage)",
     )
     where.add_argument(
-        "--storage", default="sweep-results", help="Tune results folder (default ./sweep-results)"
+        "--storage",
+        default="sweep-results",
+        help="Tune results: a folder (default ./sweep-results; on a cluster one every node mounts) "
+        "or an object-store URI such as s3://bucket/sweeps",
     )
     where.add_argument(
         "--mlflow-uri", help="MLflow tracking URI (default sqlite:///mlflow.db in the working folder)"
@@ -193,11 +203,11 @@ def make_plan(args: argparse.Namespace, workdir: Path) -> SweepPlan:
     num_samples = args.num_samples or (1 if search == "grid" else preset.num_samples)
     if num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {num_samples}.")
-    storage = (workdir / args.storage).resolve()
+    root = storage.resolve_storage(args.storage, workdir)
     experiment = args.experiment or f"{space}-{preset_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (storage / experiment / PLAN_FILE).exists():
+    if storage.exists(storage.join(root, experiment, PLAN_FILE)):
         raise UsageError(
-            f"experiment {experiment!r} already exists in {storage}; reusing its name would overwrite it "
+            f"experiment {experiment!r} already exists in {root}; reusing its name would overwrite it "
             f"(ray#35812). Resume it with --resume {experiment}, or pick another --experiment."
         )
     return SweepPlan(
@@ -209,7 +219,7 @@ def make_plan(args: argparse.Namespace, workdir: Path) -> SweepPlan:
         cpus_per_trial=_check_cpus(args.cpus_per_trial),
         gpus_per_trial=_gpus_per_trial(args.gpus_per_trial, args),
         max_concurrent=_check_concurrency(args.max_concurrent),
-        storage=str(storage),
+        storage=root,
         mlflow_uri=args.mlflow_uri or default_mlflow_uri(workdir),
         optuna_uri=f"sqlite:///{workdir / OPTUNA_STORE}",
         data=str(_data_folder(args.data, preset, workdir)),
@@ -310,13 +320,13 @@ def _data_folder(data: str | None, preset: Preset, workdir: Path) -> Path:
 
 
 def _resumed_plan(args, workdir: Path) -> SweepPlan:
-    storage = (workdir / args.storage).resolve()
-    name = args.resume or args.experiment or _latest_experiment(storage)
-    path = storage / name / PLAN_FILE
-    if not path.exists():
-        known = sorted(p.parent.name for p in storage.glob(f"*/{PLAN_FILE}")) if storage.is_dir() else []
+    root = storage.resolve_storage(args.storage, workdir)
+    name = args.resume or args.experiment or _latest_experiment(root)
+    path = storage.join(root, name, PLAN_FILE)
+    if not storage.exists(path):
+        known = sorted(name for name, _ in storage.sweeps_in(root, PLAN_FILE))
         raise UsageError(
-            f"--resume {name}: no such experiment in {storage}. "
+            f"--resume {name}: no such experiment in {root}. "
             + (f"Known: {', '.join(known)}." if known else "It holds no sweeps; start one with --space.")
             + " (--storage must be the folder the sweep was started with.)"
         )
@@ -342,13 +352,11 @@ def _resumed_plan(args, workdir: Path) -> SweepPlan:
     return plan
 
 
-def _latest_experiment(storage: Path) -> str:
-    plans = (
-        sorted(storage.glob(f"*/{PLAN_FILE}"), key=lambda p: p.stat().st_mtime) if storage.is_dir() else []
-    )
-    if not plans:
-        raise UsageError(f"--resume: {storage} holds no sweeps to resume; start one with --space.")
-    return plans[-1].parent.name
+def _latest_experiment(root: str) -> str:
+    sweeps = storage.sweeps_in(root, PLAN_FILE)
+    if not sweeps:
+        raise UsageError(f"--resume: {root} holds no sweeps to resume; start one with --space.")
+    return sweeps[-1][0]
 
 
 def describe(plan: SweepPlan, cpus: int, gpus: int) -> str:

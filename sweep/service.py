@@ -18,6 +18,7 @@ import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from models.codec import CodecSpec, CodecWeightsMissing, MimiCodec
 from sweep import spaces
@@ -35,6 +36,7 @@ from sweep.objective import (
     SURROGATE,
     TIME_ATTR,
 )
+from sweep.storage import is_uri
 from sweep.summary import log_summary, results_frame, summarise
 from sweep.tracking import (
     SweepTracking,
@@ -98,6 +100,11 @@ def run_sweep(
         check_reachable(plan.mlflow_uri)
         info = _start_ray(address, dashboard, plan)
         context, tags = _prepare(plan)
+        if not is_uri(plan.storage):
+            Path(plan.storage).mkdir(parents=True, exist_ok=True)
+        check_visible_everywhere(
+            {"--cache": Path(context.cache_dir) / "meta.json", "--storage": Path(plan.storage)}
+        )
     except (TrackingUnreachable, CodecWeightsMissing, DataError) as err:
         raise UsageError(str(err)) from None
     print(
@@ -169,6 +176,31 @@ def _prepare(plan: SweepPlan) -> tuple[TrialContext, dict]:
         fixed=dict(plan.fixed),
     )
     return context, tags
+
+
+@ray.remote(num_cpus=0)
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def check_visible_everywhere(paths: dict[str, Path]) -> None:
+    """On a multi-node cluster, trials read the feature cache and write checkpoints on whatever
+    node they land on: both must be on storage every node mounts. Checked on each alive node."""
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len(nodes) < 2:
+        return
+    for node in nodes:
+        pin = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+        for flag, path in paths.items():
+            if "://" in str(path):  # an object-store URI: Tune reaches it from every node itself
+                continue
+            if not ray.get(_exists.options(scheduling_strategy=pin).remote(str(path))):
+                raise UsageError(
+                    f"{flag} {path.parent if flag == '--cache' else path} is not visible on Ray node "
+                    f"{node['NodeManagerAddress']} ({node['NodeID'][:8]}): on a cluster, put it on a "
+                    "filesystem every node mounts (NFS, a shared volume); --storage may also be an "
+                    "object-store URI (s3://...)."
+                )
 
 
 def _start_ray(address: str | None, dashboard: bool, plan: SweepPlan):
@@ -259,7 +291,7 @@ def _new_tuner(plan: SweepPlan, trainable, tracking: SweepTracking) -> tune.Tune
 
 
 def _restore_tuner(plan: SweepPlan, trainable) -> tune.Tuner:
-    path = str(plan.experiment_dir)
+    path = plan.experiment_dir
     if not tune.Tuner.can_restore(path):
         raise UsageError(
             f"--resume {plan.experiment}: {path} has no Tune state to restore (the sweep stopped before its "
@@ -289,7 +321,7 @@ def _finish(plan: SweepPlan, tracking: SweepTracking, grid) -> int:
         end_trial_run(tracking, trial_id, status)  # any the callback missed
     study = _load_study(plan)
     summary = summarise(frame, study)
-    log_summary(tracking, frame, summary, plan.experiment_dir / "summary")
+    log_summary(tracking, frame, summary, plan.summary_dir)
     finish_sweep(tracking)
     _print_summary(plan, tracking, summary, grid)
     return 0 if not grid.errors else 1

@@ -28,6 +28,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ray
 import torch
 from ray import tune
 
@@ -46,6 +47,7 @@ from sweep.tracking import SweepTracking, TrialRun
 log = logging.getLogger(__name__)
 
 STATUS = "status"  # completed | diverged (reported with the last result)
+NODE_ID = "node_id"  # the Ray node of each report
 PROBE_HORIZONS = (1, 4)
 
 
@@ -82,6 +84,9 @@ def train_trial(config: dict, context: TrialContext) -> None:
     torch.set_num_threads(max(1, context.threads))
     device = pick_device(context.device)
     run = _child_run(context, params)
+    node = {NODE_ID: ray.get_runtime_context().get_node_id()}  # which Ray node ran it (a retry may move it)
+    if run:
+        run.set_tags({"ray.node_id": node[NODE_ID]})
     cache = FeatureCache(context.cache_dir, verify=False)
     codec = _codec(context.codec)
     decoder = copy.deepcopy(codec.decoder)  # trained by this trial only; the cached codec stays pristine
@@ -107,10 +112,11 @@ def train_trial(config: dict, context: TrialContext) -> None:
             if run:
                 clock.timed("logging", run.log_metrics, {**curves, **latest}, step)
             keep = step % preset.checkpoint_every == 0 or step in rungs
-            _report({TIME_ATTR: step, **curves, **latest}, trainer if keep else None, latest)
+            _report({TIME_ATTR: step, **curves, **latest, **node}, trainer if keep else None, latest)
     evaluation = clock.timed("evaluation", _evaluate, trainer, cache, context, params, device)
     values = objective_values(evaluation.metrics, params.dim, preset.max_recon_mel)
-    final = {TIME_ATTR: trainer.step, **window.flush(), **evaluation.metrics, **values, STATUS: "completed"}
+    final = {TIME_ATTR: trainer.step, **window.flush(), **evaluation.metrics, **values, **node}
+    final[STATUS] = "completed"
     if run:
         clock.timed("logging", _log_final, run, final, evaluation, trainer.step)
     with tempfile.TemporaryDirectory() as folder:
