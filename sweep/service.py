@@ -208,7 +208,15 @@ def _start_ray(address: str | None, dashboard: bool, plan: SweepPlan):
     if ray.is_initialized():  # a caller (a test, a notebook) brought its own Ray
         info = None
     elif address:
-        info = ray.init(address=address)
+        try:
+            info = ray.init(address=address)
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
+            raise UsageError(
+                f"cannot join the Ray cluster at {address}: {str(err)[:300]}. Check the address (ray status "
+                "on the head prints it); with token authentication (Ray's default since 2.59) export "
+                "RAY_AUTH_MODE=token and make the cluster's token available (~/.ray/auth_token or "
+                "RAY_AUTH_TOKEN)."
+            ) from None
     else:
         # Every UI binds to loopback: Ray's dashboard runs code for whoever reaches it (DESIGN §5).
         info = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1")

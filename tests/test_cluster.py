@@ -1,0 +1,210 @@
+"""Scale-out on this machine: a two-node Ray cluster joined with --address, a node lost mid-sweep,
+and an MLflow tracking server on loopback serving the WAVs back."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from sweep.tracking import ROLE_TAG
+
+RAY = str(Path(sys.executable).parent / "ray")
+# Ray >= 2.59 turns token authentication on for clusters started here; clients must say so too.
+ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(condition, seconds: float, what: str, poll: float = 1.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {seconds} s waiting for {what}"
+        time.sleep(poll)
+
+
+@pytest.fixture
+def two_nodes(tmp_path):
+    """A head with 1 CPU and a second node with 2 CPUs, both on 127.0.0.1, each its own raylet."""
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--disable-usage-stats", "--include-dashboard=false"]
+    subprocess.run(
+        [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1", *common],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        env=ENV,
+    )
+    second = subprocess.Popen(
+        [
+            RAY,
+            "start",
+            f"--address={address}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--block",
+            "--disable-usage-stats",
+        ],
+        stdout=open(tmp_path / "second-node.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=ENV,
+    )
+
+    def cpus():
+        return subprocess.run(
+            [RAY, "status", f"--address={address}"], capture_output=True, text=True, env=ENV
+        ).stdout
+
+    _wait(lambda: "/3.0 CPU" in cpus(), 120, "the second node to join")
+    yield address, second
+    if second.poll() is None:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(timeout=60)
+    subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120, env=ENV)
+
+
+def _results(experiment_dir: Path) -> dict[str, list[dict]]:
+    return {
+        path.parent.name: [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for path in experiment_dir.glob("*/result.json")
+    }
+
+
+def test_two_node_sweep_survives_losing_a_node(two_nodes, tmp_path):
+    address, second = two_nodes
+    command = [
+        sys.executable,
+        "-m",
+        "sweep.launch",
+        "--address",
+        address,
+        "--space",
+        "beta_dim",
+        "--steps",
+        "80",
+        "--num-samples",
+        "4",
+        "--experiment",
+        "two-nodes",
+    ]
+    driver = subprocess.Popen(
+        command, cwd=tmp_path, stdout=open(tmp_path / "driver.log", "w"), stderr=subprocess.STDOUT, env=ENV
+    )
+    experiment = tmp_path / "sweep-results" / "two-nodes"
+
+    def nodes_with_checkpoints():
+        seen = {}
+        for rows in _results(experiment).values():
+            for row in rows:
+                if row.get("checkpoint_dir_name"):
+                    seen.setdefault(row["node_id"], row["trial_id"])
+        return seen
+
+    _wait(
+        lambda: len(nodes_with_checkpoints()) == 2 or driver.poll() is not None,
+        400,
+        "checkpoints on both nodes",
+    )
+    assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+    os.killpg(second.pid, signal.SIGTERM)  # the second node goes away mid-sweep
+    second.wait(timeout=60)
+    assert driver.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-4000:]
+
+    results = _results(experiment)
+    assert len(results) == 4
+    node_ids = {row["node_id"] for rows in results.values() for row in rows if "node_id" in row}
+    assert len(node_ids) == 2  # trials ran on both nodes
+    assert all(rows[-1].get("status") == "completed" for rows in results.values())
+    moved = [rows for rows in results.values() if len({r["node_id"] for r in rows if "node_id" in r}) == 2]
+    assert moved, "no trial was running on the lost node"
+    for rows in moved:  # retried from its last checkpoint, not from step 0
+        steps = [r["step"] for r in rows]
+        restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+        assert steps[restart] > 5, steps
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("two-nodes").experiment_id])
+    children = [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+        ],
+        stdout=open(tmp_path / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def up():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    _wait(up, 120, "mlflow server")
+    yield f"http://127.0.0.1:{port}"
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+def test_sweep_logs_to_an_mlflow_server_and_wavs_come_back(mlflow_server, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    command = [
+        sys.executable,
+        "-m",
+        "sweep.launch",
+        "--space",
+        "beta_dim",
+        "--steps",
+        "4",
+        "--num-samples",
+        "2",
+        "--mlflow-uri",
+        mlflow_server,
+        "--experiment",
+        "served",
+        "--no-dashboard",
+    ]
+    done = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert not (work / "mlflow.db").exists() and not (work / "mlartifacts").exists()
+
+    client = MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("served").experiment_id])
+    parents = [r for r in runs if r.data.tags.get(ROLE_TAG) == "sweep"]
+    children = [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
+    assert len(parents) == 1 and len(children) == 2
+    local = Path(client.download_artifacts(children[0].info.run_id, "audio", str(tmp_path / "download")))
+    wavs = sorted(local.glob("*.wav"))
+    assert len(wavs) == 7 and all(w.stat().st_size > 1000 for w in wavs)
+    assert children[0].info.artifact_uri.startswith("mlflow-artifacts:")  # served by the server, not a path
