@@ -162,7 +162,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "or an object-store URI such as s3://bucket/sweeps",
     )
     where.add_argument(
-        "--mlflow-uri", help="MLflow tracking URI (default sqlite:///mlflow.db in the working folder)"
+        "--mlflow-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)",
     )
     where.add_argument(
         "--cache", default=".cache/features", help="feature cache folder (default .cache/features)"
@@ -220,7 +221,7 @@ def make_plan(args: argparse.Namespace, workdir: Path) -> SweepPlan:
         gpus_per_trial=_gpus_per_trial(args.gpus_per_trial, args),
         max_concurrent=_check_concurrency(args.max_concurrent),
         storage=root,
-        mlflow_uri=args.mlflow_uri or default_mlflow_uri(workdir),
+        mlflow_uri=args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri(workdir),
         optuna_uri=f"sqlite:///{workdir / OPTUNA_STORE}",
         data=str(_data_folder(args.data, preset, workdir)),
         cache=str((workdir / args.cache).resolve()),
