@@ -80,8 +80,9 @@ def plot_rollout_vs_horizon(frame, path: Path) -> Path:
         values = [row[c] / row["dim"] if math.isfinite(row[c]) else math.nan for c in columns]
         ax.plot(hs, values, marker="o", label=row["label"])
     ax.axhline(0.0, color="grey", lw=0.8)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(hs, [str(h) for h in hs])
+    if hs:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(hs, [str(h) for h in hs])
     ax.set_xlabel("rollout horizon h (frames of 80 ms)")
     ax.set_ylabel("rollout delta-NLL (nats / dim)")
     ax.legend(fontsize=7, ncol=2)

@@ -295,7 +295,7 @@ def _gpus_per_trial(requested: float | None, args) -> float:
 
 
 def _data_folder(data: str | None, preset: Preset, workdir: Path) -> Path:
-    from sweep.data import DataError, discover_audio
+    from sweep.data import DataError, discover_audio, probe_audio
 
     if data is None:
         if preset.data is not None:
@@ -314,9 +314,17 @@ def _data_folder(data: str | None, preset: Preset, workdir: Path) -> Path:
             f"--data {data}: no such folder. Pass a folder of wav/flac files (LibriSpeech layout works)."
         )
     try:
-        discover_audio(folder)
+        files = discover_audio(folder)
     except DataError as err:
         raise UsageError(f"--data {data}: {err}") from None
+    problems = [(f.path.name, probe_audio(f.path, preset.crop_seconds)[1]) for f in files]  # headers only
+    if all(why for _, why in problems):
+        listed = "; ".join(f"{name}: {why}" for name, why in problems[:10])
+        raise UsageError(
+            f"--data {data}: none of its {len(files)} audio files is usable ({listed}"
+            f"{'; ...' if len(files) > 10 else ''}). Each needs at least {preset.crop_seconds:g} s of "
+            "readable audio."
+        )
     return folder
 
 

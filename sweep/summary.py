@@ -140,17 +140,19 @@ def log_summary(tracking: SweepTracking, frame: pd.DataFrame, summary: Summary, 
         _write(folder / "verdict.md", summary.verdict + "\n"),
         _write(folder / "importances.json", json.dumps(summary.importances, indent=2)),
     ]
+    plots = []
     if not frame.empty:
         frame.to_csv(folder / "summary.csv", index=False)
         files.append(folder / "summary.csv")
-        plots = [
-            plot_rollout_vs_horizon(frame, folder / "plots" / "rollout_vs_h.png"),
-            plot_pareto(frame, folder / "plots" / "pareto.png"),
-        ]
+        for plot, name in ((plot_rollout_vs_horizon, "rollout_vs_h.png"), (plot_pareto, "pareto.png")):
+            try:  # a plot that cannot be drawn must not cost the sweep its summary
+                plots.append(plot(frame, folder / "plots" / name))
+            except (ValueError, KeyError, TypeError) as err:
+                log.warning("skipped the %s plot: %s", name, err)
     client = MlflowClient(tracking.uri)
     for path in files:
         client.log_artifact(tracking.parent_run_id, str(path))
-    for path in plots if not frame.empty else []:
+    for path in plots:
         client.log_artifact(tracking.parent_run_id, str(path), "plots")
     client.set_tag(tracking.parent_run_id, "sweep.verdict", summary.verdict[:5000])
     client.set_tag(tracking.parent_run_id, "sweep.trials", str(len(frame)))

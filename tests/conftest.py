@@ -30,6 +30,16 @@ def feature_cache(corpus_dir, codec, tmp_path_factory):
     return build_feature_cache(discover_audio(corpus_dir), codec, root, progress=False)
 
 
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """Local Ray with 2 CPUs for one test module (Ray's own tests do the same); sweeps join it."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)

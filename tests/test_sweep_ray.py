@@ -9,7 +9,6 @@ import time
 import optuna
 import pandas as pd
 import pytest
-import ray
 from mlflow import MlflowClient
 
 from sweep.launch import main
@@ -21,13 +20,6 @@ CHILD_METRICS = (
     *("recon/l1", "objective/rollout_k4", "rollout/k4_per_dim", "train/loss"),
 )
 CHILD_TAGS = ("git.commit", "data.fingerprint", "codec.id", "codec.revision", "seed", "sweep.trial_name")
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
