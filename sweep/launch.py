@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -33,6 +34,8 @@ from sweep.objective import OBJECTIVES, SCHEDULER_METRIC
 log = logging.getLogger("sweep.launch")
 
 PLAN_FILE = "sweep.json"
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")  # never a path: no '/', no leading '.'
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 OPTUNA_STORE = "optuna.db"
 
 
@@ -178,6 +181,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     res.add_argument("--address", help="an existing Ray cluster (or RAY_ADDRESS); default: start Ray here")
     res.add_argument("--no-dashboard", action="store_true", help="do not start Ray's dashboard (local Ray)")
+    res.add_argument(
+        "--dashboard-host",
+        default="127.0.0.1",
+        help="address Ray's dashboard binds to (default 127.0.0.1). It runs code for whoever reaches it: "
+        "anything else prints a warning; prefer an ssh tunnel",
+    )
     p.add_argument(
         "--dry-run", action="store_true", help="print the trial plan and resource arithmetic; run nothing"
     )
@@ -206,6 +215,11 @@ def make_plan(args: argparse.Namespace, workdir: Path) -> SweepPlan:
         raise UsageError(f"--num-samples must be >= 1, got {num_samples}.")
     root = storage.resolve_storage(args.storage, workdir)
     experiment = args.experiment or f"{space}-{preset_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not SAFE_NAME.fullmatch(experiment):
+        raise UsageError(
+            f"--experiment {experiment!r}: use letters, digits, '.', '_' and '-' only (it names folders and "
+            "MLflow experiments), and do not start it with '.'."
+        )
     if storage.exists(storage.join(root, experiment, PLAN_FILE)):
         raise UsageError(
             f"experiment {experiment!r} already exists in {root}; reusing its name would overwrite it "
@@ -421,6 +435,17 @@ def _rungs(first: int, last: int) -> str:
     return ", ".join(map(str, rung_steps(last, first))) or "(none: trials shorter than the first rung)"
 
 
+def exposure_warning(service: str, host: str) -> str | None:
+    """The warning printed when a UI without authentication is bound beyond loopback."""
+    if host in LOOPBACK:
+        return None
+    return (
+        f"WARNING: {service} binds to {host}: it has no authentication worth the name and runs code or "
+        "shows everything to whoever reaches it. Bind 127.0.0.1 and use an ssh tunnel "
+        "(ssh -L PORT:127.0.0.1:PORT host)."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
@@ -436,7 +461,11 @@ def main(argv: list[str] | None = None) -> int:
         from sweep.service import run_sweep
 
         return run_sweep(
-            plan, resume=args.resume is not None, address=args.address, dashboard=not args.no_dashboard
+            plan,
+            resume=args.resume is not None,
+            address=args.address,
+            dashboard=not args.no_dashboard,
+            dashboard_host=args.dashboard_host,
         )
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 
 import ray
@@ -26,7 +27,7 @@ from sweep.config import ASHA_REDUCTION
 from sweep.corpus import write_corpus
 from sweep.data import DataError, discover_audio, select_utterances, split_by_speaker
 from sweep.features import build_feature_cache
-from sweep.launch import SweepPlan, UsageError, describe, git_commit
+from sweep.launch import SweepPlan, UsageError, describe, exposure_warning, git_commit
 from sweep.objective import (
     CONSTRAINT,
     OBJECTIVE_MODES,
@@ -94,11 +95,15 @@ class CloseTrialRuns(tune.Callback):
 
 
 def run_sweep(
-    plan: SweepPlan, resume: bool = False, address: str | None = None, dashboard: bool = True
+    plan: SweepPlan,
+    resume: bool = False,
+    address: str | None = None,
+    dashboard: bool = True,
+    dashboard_host: str = "127.0.0.1",
 ) -> int:
     try:
         check_reachable(plan.mlflow_uri)
-        info = _start_ray(address, dashboard, plan)
+        info = _start_ray(address, dashboard, plan, dashboard_host)
         context, tags = _prepare(plan)
         if not is_uri(plan.storage):
             Path(plan.storage).mkdir(parents=True, exist_ok=True)
@@ -203,7 +208,7 @@ def check_visible_everywhere(paths: dict[str, Path]) -> None:
                 )
 
 
-def _start_ray(address: str | None, dashboard: bool, plan: SweepPlan):
+def _start_ray(address: str | None, dashboard: bool, plan: SweepPlan, dashboard_host: str = "127.0.0.1"):
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():  # a caller (a test, a notebook) brought its own Ray
         info = None
@@ -218,8 +223,11 @@ def _start_ray(address: str | None, dashboard: bool, plan: SweepPlan):
                 "RAY_AUTH_TOKEN)."
             ) from None
     else:
-        # Every UI binds to loopback: Ray's dashboard runs code for whoever reaches it (DESIGN §5).
-        info = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1")
+        # UIs bind to loopback unless asked: Ray's dashboard runs code for whoever reaches it (DESIGN §5).
+        warning = exposure_warning("Ray's dashboard", dashboard_host) if dashboard else None
+        if warning:
+            print(warning, file=sys.stderr)
+        info = ray.init(include_dashboard=dashboard, dashboard_host=dashboard_host)
     if plan.gpus_per_trial > 0 and not ray.cluster_resources().get("GPU"):
         raise UsageError(f"--gpus-per-trial {plan.gpus_per_trial:g} but the Ray cluster has no GPUs.")
     return info
