@@ -314,7 +314,7 @@ def _data_folder(data: str | None, preset: Preset, workdir: Path) -> Path:
     if data is None:
         if preset.data is not None:
             data = preset.data
-        elif preset.name == "smoke":
+        elif preset.name in ("smoke", "tiny"):
             return (workdir / "data" / "smoke").resolve()  # written from the bundled corpus if missing
         else:
             raise UsageError(

@@ -140,7 +140,7 @@ def _prepare(plan: SweepPlan) -> tuple[TrialContext, dict]:
     """The data split and the feature cache, built once here, before any trial starts."""
     preset = plan.preset
     data = Path(plan.data)
-    if not data.exists() and preset.name == "smoke":
+    if not data.exists() and preset.data is None and preset.codec.startswith("random:"):
         written = write_corpus(data)
         log.info("wrote the bundled smoke corpus (%d utterances) to %s", len(written), data)
     files = select_utterances(discover_audio(data), preset.max_utterances)
@@ -333,14 +333,25 @@ def _finish(plan: SweepPlan, tracking: SweepTracking, grid) -> int:
         )
         return 130
     frame = results_frame(grid, plan.varied, plan.preset, plan.seed, fixed=plan.fixed)
-    for trial_id, status in zip(frame.get("trial_id", []), frame.get("status", []), strict=True):
-        end_trial_run(tracking, trial_id, status)  # any the callback missed
-    study = _load_study(plan)
-    summary = summarise(frame, study)
-    log_summary(tracking, frame, summary, plan.summary_dir)
-    finish_sweep(tracking)
+    summary = summarise(frame, _load_study(plan))
+    try:
+        publish_summary(tracking, frame, summary, plan.summary_dir)
+    except Exception as err:  # MLflow away at the end: the sweep is done and in Tune's storage
+        print(
+            f"\nWARNING: MLflow at {plan.mlflow_uri} failed ({type(err).__name__}: {str(err)[:200]}); "
+            f"the results are safe in {plan.experiment_dir}. When MLflow is back:\n"
+            f"  python -m sweep.sync {plan.experiment} --storage {plan.storage}\n"
+        )
     _print_summary(plan, tracking, summary, grid)
     return 0 if not grid.errors else 1
+
+
+def publish_summary(tracking: SweepTracking, frame, summary, folder: Path) -> None:
+    """Close any child run the callback missed, log the summary to the parent run, end it."""
+    for trial_id, status in zip(frame.get("trial_id", []), frame.get("status", []), strict=True):
+        end_trial_run(tracking, trial_id, status)
+    log_summary(tracking, frame, summary, folder)
+    finish_sweep(tracking)
 
 
 def _load_study(plan: SweepPlan):

@@ -33,11 +33,17 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 log = logging.getLogger(__name__)
 
+# MLflow retries an HTTP call for minutes by default: neither a trial nor the driver may stall on a
+# server that went away (our own _retry covers short hiccups). A user's settings win.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
 DEFAULT_STORE = "mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "sweep.trial_id"
 ROLE_TAG = "sweep.role"
-_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
+_RETRY_DELAYS = (0.5, 1.0)
 
 
 class TrackingUnreachable(RuntimeError):
@@ -151,17 +157,27 @@ def _params(params: Mapping) -> list[Param]:
 class TrialRun:
     """A trial's child run; every call is retried, and a lasting failure is logged, not raised."""
 
+    GIVE_UP_AFTER = 2  # failed calls in a row: MLflow is away; stop slowing the trial down
+
     def __init__(self, client: MlflowClient, run_id: str):
         self.client, self.run_id = client, run_id
         self.failures = 0
 
     @classmethod
     def find_or_create(
-        cls, sweep: SweepTracking, trial_id: str, name: str, params: Mapping, tags: Mapping[str, str]
+        cls,
+        sweep: SweepTracking,
+        trial_id: str,
+        name: str,
+        params: Mapping,
+        tags: Mapping[str, str],
+        count_attempt: bool = True,
     ) -> TrialRun:
         client = MlflowClient(sweep.uri)
         query = f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{sweep.parent_run_id}'"
         found = _retry(lambda: client.search_runs([sweep.experiment_id], query, max_results=1))
+        if found and not count_attempt:
+            return cls(client, found[0].info.run_id)
         if found:
             run = cls(client, found[0].info.run_id)
             attempt = int(found[0].data.tags.get("sweep.attempt", "1")) + 1
@@ -176,11 +192,19 @@ class TrialRun:
         return run
 
     def _call(self, fn: Callable) -> None:
+        if self.failures >= self.GIVE_UP_AFTER:
+            return
         try:
             _retry(fn)
+            self.failures = 0
         except Exception as err:
             self.failures += 1
             log.warning("MLflow logging to run %s failed after retries: %s", self.run_id, err)
+            if self.failures >= self.GIVE_UP_AFTER:
+                log.warning(
+                    "MLflow unreachable: this trial stops logging to it; its results stay in Tune's storage. "
+                    "Afterwards: python -m sweep.sync <experiment>"
+                )
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         stamp = int(time.time() * 1000)

@@ -139,6 +139,14 @@ def _child_run(context: TrialContext, params: TrialParams) -> TrialRun | None:
     if context.tracking is None:
         return None
     trial = tune.get_context()
+    try:
+        return _find_or_create_run(context, params, trial)
+    except Exception as err:  # MLflow away: train anyway; `python -m sweep.sync` sends the results later
+        log.warning("MLflow unreachable (%s): trial %s runs without it", err, trial.get_trial_id())
+        return None
+
+
+def _find_or_create_run(context: TrialContext, params: TrialParams, trial) -> TrialRun:
     return TrialRun.find_or_create(
         context.tracking,
         trial_id=trial.get_trial_id(),

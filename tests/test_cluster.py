@@ -207,3 +207,102 @@ def test_sweep_logs_to_an_mlflow_server_and_wavs_come_back(mlflow_server, tmp_pa
     wavs = sorted(local.glob("*.wav"))
     assert len(wavs) == 7 and all(w.stat().st_size > 1000 for w in wavs)
     assert children[0].info.artifact_uri.startswith("mlflow-artifacts:")  # served by the server, not a path
+
+
+def _start_server(port: int, folder: Path) -> subprocess.Popen:
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'server.db'}",
+            "--artifacts-destination",
+            str(folder / "server-artifacts"),
+        ],
+        stdout=open(folder / "server.log", "a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def up():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    _wait(up, 120, "mlflow server")
+    return server
+
+
+def test_mlflow_going_away_mid_sweep_loses_nothing(tmp_path):
+    """The server dies mid-sweep: trials finish, results stay in Tune's storage, sweep.sync sends them."""
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _start_server(port, tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    command = [
+        sys.executable,
+        "-m",
+        "sweep.launch",
+        "--space",
+        "beta_dim",
+        "--steps",
+        "60",
+        "--num-samples",
+        "2",
+        "--mlflow-uri",
+        uri,
+        "--experiment",
+        "away",
+        "--no-dashboard",
+    ]
+    driver = subprocess.Popen(
+        command, cwd=work, stdout=open(tmp_path / "driver.log", "w"), stderr=subprocess.STDOUT
+    )
+    client = MlflowClient(uri)
+
+    def logging_started():
+        experiment = client.get_experiment_by_name("away")
+        runs = (
+            client.search_runs([experiment.experiment_id], "metrics.`train/loss` > -1") if experiment else []
+        )
+        return len(runs) >= 1
+
+    _wait(logging_started, 300, "the first train/loss in MLflow")
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+    assert driver.wait(timeout=900) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    assert "python -m sweep.sync away" in (tmp_path / "driver.log").read_text()
+
+    server = _start_server(port, tmp_path)  # back, same store
+    try:
+        sync = [sys.executable, "-m", "sweep.sync", "away"]
+        done = subprocess.run(sync, cwd=work, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and "synced 2 trials" in done.stdout, done.stdout + done.stderr[-3000:]
+        runs = client.search_runs([client.get_experiment_by_name("away").experiment_id])
+        parents = [r for r in runs if r.data.tags.get(ROLE_TAG) == "sweep"]
+        children = [r for r in runs if r.data.tags.get(ROLE_TAG) == "trial"]
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED" and len(children) == 2
+        for child in children:
+            assert child.info.status == "FINISHED" and "recon/mel" in child.data.metrics
+            wavs = [a for a in client.list_artifacts(child.info.run_id, "audio") if a.path.endswith(".wav")]
+            assert len(wavs) == 7
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, "train/loss")]
+            assert len(steps) == len(set(steps)) and max(steps) == 60  # every report once
+        assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} >= {
+            "summary.csv",
+            "verdict.md",
+        }
+        again = subprocess.run(sync, cwd=work, capture_output=True, text=True, timeout=300)
+        assert "0 reports and 0 files" in again.stdout  # idempotent
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

@@ -1,0 +1,145 @@
+"""Send a sweep's results from Tune's storage to MLflow again, after MLflow was away.
+
+    python -m sweep.sync beta_dim-smoke-20261125-210305                  # ./sweep-results, the sweep's MLflow
+    python -m sweep.sync NAME --storage /shared/sweep-results --mlflow-uri http://127.0.0.1:5000
+
+Trials keep running when MLflow goes away mid-sweep (they stop logging after a few failed calls);
+everything they measured is in Tune's storage: every report in `result.json`, the final tables,
+plots, report and WAVs in the trial's `evaluation/` folder. This command finds (or creates) each
+trial's child run, logs the reports whose steps MLflow does not have yet, the files it lacks, and
+how the trial ended, then the sweep's summary to the parent run. Running it twice adds nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+from mlflow import MlflowClient
+
+from sweep import storage
+from sweep.config import TrialParams
+from sweep.launch import PLAN_FILE, SweepPlan, UsageError
+from sweep.summary import results_frame, summarise
+from sweep.tracking import (
+    SweepTracking,
+    TrackingUnreachable,
+    TrialRun,
+    check_reachable,
+    open_sweep_tracking,
+)
+
+log = logging.getLogger("sweep.sync")
+SHARED_TAGS = ("git.", "data.", "codec.", "sweep.space", "sweep.search", "sweep.preset", "sweep.experiment")
+
+
+def sync_sweep(plan: SweepPlan, mlflow_uri: str | None = None) -> dict:
+    """Bring MLflow up to date with Tune's results; returns counts of what was sent."""
+    from sweep.service import _load_study, publish_summary  # the driver's own steps, not repeated here
+
+    uri = mlflow_uri or plan.mlflow_uri
+    check_reachable(uri)
+    tracking = _parent(plan, uri)
+    trials = _trials(Path(plan.experiment_dir))
+    sent = {"trials": 0, "reports": 0, "files": 0}
+    for trial in trials:
+        params = TrialParams.from_config({**plan.fixed, **trial.config}, plan.preset, plan.seed)
+        run = TrialRun.find_or_create(
+            tracking, trial.trial_id, params.label(plan.varied), {**params.to_dict()}, {}, count_attempt=False
+        )
+        sent["reports"] += _send_reports(run, trial.rows)
+        sent["files"] += _send_files(run, trial.folder / "evaluation")
+        sent["trials"] += 1
+    frame = results_frame(trials, plan.varied, plan.preset, plan.seed, fixed=plan.fixed)
+    publish_summary(tracking, frame, summarise(frame, _load_study(plan)), plan.summary_dir)
+    return sent
+
+
+def _parent(plan: SweepPlan, uri: str) -> SweepTracking:
+    client = MlflowClient(uri)
+    if plan.parent_run_id:
+        try:
+            run = client.get_run(plan.parent_run_id)
+            tags = {k: v for k, v in run.data.tags.items() if k.startswith(SHARED_TAGS)}  # for new child runs
+            return SweepTracking(uri, run.info.experiment_id, plan.parent_run_id, tags)
+        except Exception:  # a different server, or the store was lost: start the parent again
+            log.info("parent run %s not in %s; creating a new one", plan.parent_run_id, uri)
+    tracking = open_sweep_tracking(uri, plan.experiment, Path(plan.workdir) / "mlartifacts", {}, {})
+    plan.parent_run_id = tracking.parent_run_id
+    plan.save()
+    return tracking
+
+
+def _trials(experiment_dir: Path) -> list[SimpleNamespace]:
+    """Each trial's reports and config, shaped like the Tune results the summary reads."""
+    trials = []
+    for result_file in sorted(experiment_dir.glob("*/result.json")):
+        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        if not rows:
+            continue
+        config = json.loads((result_file.parent / "params.json").read_text())
+        trials.append(
+            SimpleNamespace(
+                rows=rows,
+                metrics=rows[-1],
+                config=config,
+                error=None,
+                folder=result_file.parent,
+                trial_id=rows[-1]["trial_id"],
+            )
+        )
+    return trials
+
+
+def _send_reports(run: TrialRun, rows: list[dict]) -> int:
+    logged = {m.step for m in run.client.get_metric_history(run.run_id, "train/loss")}
+    fresh = [row for row in rows if row.get("step") is not None and row["step"] not in logged]
+    for row in fresh:
+        run.log_metrics({k: v for k, v in row.items() if "/" in k}, int(row["step"]))
+    return len(fresh)
+
+
+def _send_files(run: TrialRun, folder: Path) -> int:
+    if not folder.is_dir():
+        return 0
+    have = {a.path for a in run.client.list_artifacts(run.run_id)}
+    sent = 0
+    for item in sorted(folder.iterdir()):
+        if item.name in have:
+            continue
+        if item.is_dir():
+            run.log_artifacts(item, item.name)
+        else:
+            run.log_artifact(item)
+        sent += 1
+    return sent
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiment", help="the sweep's experiment name")
+    p.add_argument("--storage", default="sweep-results", help="Tune results folder the sweep used")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: the one the sweep used)")
+    args = p.parse_args(argv)
+    root = storage.resolve_storage(args.storage, Path.cwd())
+    path = storage.join(root, args.experiment, PLAN_FILE)
+    try:
+        if not storage.exists(path):
+            raise UsageError(f"no sweep {args.experiment!r} in {root}; pass --storage the folder it used.")
+        sent = sync_sweep(SweepPlan.load(path), args.mlflow_uri)
+    except (UsageError, TrackingUnreachable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"synced {sent['trials']} trials to MLflow: {sent['reports']} reports and {sent['files']} files sent"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
