@@ -104,7 +104,7 @@ def test_tables_rebuilt_from_flat_metrics():
     "argv, message",
     [
         (["--space", "nope"], "unknown space 'nope'; choose one of: beta_dim, beta_dim_steps, steps, ar_"),
-        (["--space", "beta_dim", "--preset", "huge"], "unknown preset 'huge'; choose one of: smoke, paper"),
+        (["--space", "beta_dim", "--preset", "huge"], "unknown preset 'huge'; choose one of: smoke, tiny, "),
         (["--space", "steps", "--set", "beta=0"], "beta must be > 0"),
         (["--space", "steps", "--set", "dim=0"], "dim must be an integer >= 1"),
         (["--space", "beta_dim", "--set", "beta=0.1"], "varies beta"),
