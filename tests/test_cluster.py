@@ -33,6 +33,38 @@ def _wait(condition, seconds: float, what: str, poll: float = 1.0):
         time.sleep(poll)
 
 
+def _start_server(port: int, folder: Path) -> subprocess.Popen:
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'server.db'}",
+            "--artifacts-destination",
+            str(folder / "server-artifacts"),
+        ],
+        stdout=open(folder / "server.log", "a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def up():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    _wait(up, 120, "mlflow server")
+    return server
+
+
 @pytest.fixture
 def two_nodes(tmp_path):
     """A head with 1 CPU and a second node with 2 CPUs, both on 127.0.0.1, each its own raylet."""
@@ -141,35 +173,7 @@ def test_two_node_sweep_survives_losing_a_node(two_nodes, tmp_path):
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-        ],
-        stdout=open(tmp_path / "server.log", "w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-    def up():
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    _wait(up, 120, "mlflow server")
+    server = _start_server(port := _free_port(), tmp_path)
     yield f"http://127.0.0.1:{port}"
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=30)
@@ -207,38 +211,6 @@ def test_sweep_logs_to_an_mlflow_server_and_wavs_come_back(mlflow_server, tmp_pa
     wavs = sorted(local.glob("*.wav"))
     assert len(wavs) == 7 and all(w.stat().st_size > 1000 for w in wavs)
     assert children[0].info.artifact_uri.startswith("mlflow-artifacts:")  # served by the server, not a path
-
-
-def _start_server(port: int, folder: Path) -> subprocess.Popen:
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{folder / 'server.db'}",
-            "--artifacts-destination",
-            str(folder / "server-artifacts"),
-        ],
-        stdout=open(folder / "server.log", "a"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-    def up():
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    _wait(up, 120, "mlflow server")
-    return server
 
 
 def test_mlflow_going_away_mid_sweep_loses_nothing(tmp_path):
