@@ -33,6 +33,12 @@ class EvalConfig:
     audio_utterances: int = 10  # eval utterances given rollout WAVs (DESIGN §4); 0 writes none
     rollout_lengths: tuple[int, ...] = ROLLOUT_LENGTHS
 
+    @classmethod
+    def sized(cls, hidden: int, steps: int, seed: int, device, **settings) -> EvalConfig:
+        """DESIGN's battery (2 hidden layers) at a chosen width and training-step budget."""
+        battery = BatteryConfig(hidden=(hidden,) * 2, steps=steps, seed=seed, device=str(device))
+        return cls(battery=battery, **settings)
+
     def __post_init__(self):
         if self.recon_utterances < 1 or self.audio_utterances < 0:
             raise ValueError(

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from evaluation.diagnostics import BatteryConfig
 from evaluation.trial import EvalConfig, evaluate_vae
 from models.codec import CodecSpec, MimiCodec
 from models.runtime import pick_device
@@ -107,14 +106,8 @@ def run(args: argparse.Namespace) -> dict:
         [cache.latents(i) for i in eval_ids],
         [cache.audio(i) for i in eval_ids],
         [cache.utterances[i].utterance_id for i in eval_ids],
-        EvalConfig(
-            battery=BatteryConfig(
-                hidden=(args.battery_hidden,) * 2,
-                steps=args.battery_steps,
-                seed=args.seed,
-                device=str(device),
-            ),
-            audio_utterances=args.audio_utterances,
+        EvalConfig.sized(
+            args.battery_hidden, args.battery_steps, args.seed, device, audio_utterances=args.audio_utterances
         ),
         audio_dir=Path(args.out) / "audio",
         device=device,

@@ -210,16 +210,10 @@ def _probe(trainer, cache, context: TrialContext, params: TrialParams, device) -
 def _evaluate(trainer, cache, context: TrialContext, params: TrialParams, device) -> TrialEvaluation:
     preset = context.preset
     eval_ids = list(context.eval_ids)
-    config = EvalConfig(
-        battery=BatteryConfig(
-            hidden=(preset.battery_hidden,) * 2,
-            steps=preset.battery_steps,
-            seed=params.seed,
-            device=str(device),
-        ),
-        recon_utterances=preset.recon_utterances,
-        audio_utterances=preset.audio_utterances,
-    )
+    config = EvalConfig.sized(
+        preset.battery_hidden, preset.battery_steps, params.seed, device,
+        recon_utterances=preset.recon_utterances, audio_utterances=preset.audio_utterances,
+    )  # fmt: skip
     folder = Path(tune.get_context().get_trial_dir()) / "evaluation"
     return evaluate_vae(
         trainer.vae,
