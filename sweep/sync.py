@@ -74,21 +74,29 @@ def _parent(plan: SweepPlan, uri: str) -> SweepTracking:
     return tracking
 
 
+def trial_reports(experiment_dir: Path) -> dict[str, list[dict]]:
+    """Every report Tune stored for each trial of a sweep: {trial folder name: [result, ...]}."""
+    return {
+        path.parent.name: [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for path in sorted(experiment_dir.glob("*/result.json"))
+    }
+
+
 def _trials(experiment_dir: Path) -> list[SimpleNamespace]:
     """Each trial's reports and config, shaped like the Tune results the summary reads."""
     trials = []
-    for result_file in sorted(experiment_dir.glob("*/result.json")):
-        rows = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+    for name, rows in trial_reports(experiment_dir).items():
         if not rows:
             continue
-        config = json.loads((result_file.parent / "params.json").read_text())
+        folder = experiment_dir / name
+        config = json.loads((folder / "params.json").read_text())
         trials.append(
             SimpleNamespace(
                 rows=rows,
                 metrics=rows[-1],
                 config=config,
                 error=None,
-                folder=result_file.parent,
+                folder=folder,
                 trial_id=rows[-1]["trial_id"],
             )
         )

@@ -1,7 +1,6 @@
 """Scale-out on this machine: a two-node Ray cluster joined with --address, a node lost mid-sweep,
 and an MLflow tracking server on loopback serving the WAVs back."""
 
-import json
 import os
 import signal
 import socket
@@ -11,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import launch, launch_command, trial_reports
 from mlflow import MlflowClient
 
 from sweep.tracking import ROLE_TAG
@@ -107,38 +107,15 @@ def two_nodes(tmp_path):
     subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120, env=ENV)
 
 
-def _results(experiment_dir: Path) -> dict[str, list[dict]]:
-    return {
-        path.parent.name: [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        for path in experiment_dir.glob("*/result.json")
-    }
-
-
 def test_two_node_sweep_survives_losing_a_node(two_nodes, tmp_path):
     address, second = two_nodes
-    command = [
-        sys.executable,
-        "-m",
-        "sweep.launch",
-        "--address",
-        address,
-        "--space",
-        "beta_dim",
-        "--steps",
-        "80",
-        "--num-samples",
-        "4",
-        "--experiment",
-        "two-nodes",
-    ]
-    driver = subprocess.Popen(
-        command, cwd=tmp_path, stdout=open(tmp_path / "driver.log", "w"), stderr=subprocess.STDOUT, env=ENV
-    )
+    args = ("--address", address, "--space", "beta_dim", "--steps", "80", "--num-samples", "4")
+    driver = launch(tmp_path, *args, "--experiment", "two-nodes", env=ENV)
     experiment = tmp_path / "sweep-results" / "two-nodes"
 
     def nodes_with_checkpoints():
         seen = {}
-        for rows in _results(experiment).values():
+        for rows in trial_reports(experiment).values():
             for row in rows:
                 if row.get("checkpoint_dir_name"):
                     seen.setdefault(row["node_id"], row["trial_id"])
@@ -154,7 +131,7 @@ def test_two_node_sweep_survives_losing_a_node(two_nodes, tmp_path):
     second.wait(timeout=60)
     assert driver.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-4000:]
 
-    results = _results(experiment)
+    results = trial_reports(experiment)
     assert len(results) == 4
     node_ids = {row["node_id"] for rows in results.values() for row in rows if "node_id" in row}
     assert len(node_ids) == 2  # trials ran on both nodes
@@ -182,22 +159,8 @@ def mlflow_server(tmp_path):
 def test_sweep_logs_to_an_mlflow_server_and_wavs_come_back(mlflow_server, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
-    command = [
-        sys.executable,
-        "-m",
-        "sweep.launch",
-        "--space",
-        "beta_dim",
-        "--steps",
-        "4",
-        "--num-samples",
-        "2",
-        "--mlflow-uri",
-        mlflow_server,
-        "--experiment",
-        "served",
-        "--no-dashboard",
-    ]
+    args = ("--space", "beta_dim", "--steps", "4", "--num-samples", "2", "--mlflow-uri", mlflow_server)
+    command = launch_command(*args, "--experiment", "served", "--no-dashboard")
     done = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert not (work / "mlflow.db").exists() and not (work / "mlartifacts").exists()
@@ -220,25 +183,8 @@ def test_mlflow_going_away_mid_sweep_loses_nothing(tmp_path):
     server = _start_server(port, tmp_path)
     work = tmp_path / "work"
     work.mkdir()
-    command = [
-        sys.executable,
-        "-m",
-        "sweep.launch",
-        "--space",
-        "beta_dim",
-        "--steps",
-        "60",
-        "--num-samples",
-        "2",
-        "--mlflow-uri",
-        uri,
-        "--experiment",
-        "away",
-        "--no-dashboard",
-    ]
-    driver = subprocess.Popen(
-        command, cwd=work, stdout=open(tmp_path / "driver.log", "w"), stderr=subprocess.STDOUT
-    )
+    args = ("--space", "beta_dim", "--steps", "60", "--num-samples", "2", "--mlflow-uri", uri)
+    driver = launch(work, *args, "--experiment", "away", "--no-dashboard")
     client = MlflowClient(uri)
 
     def logging_started():
@@ -251,8 +197,8 @@ def test_mlflow_going_away_mid_sweep_loses_nothing(tmp_path):
     _wait(logging_started, 300, "the first train/loss in MLflow")
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=30)
-    assert driver.wait(timeout=900) == 0, (tmp_path / "driver.log").read_text()[-3000:]
-    assert "python -m sweep.sync away" in (tmp_path / "driver.log").read_text()
+    assert driver.wait(timeout=900) == 0, (work / "driver.log").read_text()[-3000:]
+    assert "python -m sweep.sync away" in (work / "driver.log").read_text()
 
     server = _start_server(port, tmp_path)  # back, same store
     try:

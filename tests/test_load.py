@@ -1,11 +1,9 @@
 """Load: a 64-trial sweep with tiny trials completes, and the driver's memory stays flat (slow)."""
 
-import json
-import subprocess
-import sys
 import time
 
 import pytest
+from helpers import launch, trial_reports
 from mlflow import MlflowClient
 
 from sweep.tracking import ROLE_TAG
@@ -18,33 +16,16 @@ def _rss(pid: int) -> int:
 
 
 def _finished(experiment_dir) -> int:
-    done = 0
-    for path in experiment_dir.glob("*/result.json"):
-        lines = path.read_text().splitlines()
-        if lines and json.loads(lines[-1]).get("status") == "completed":
-            done += 1
-    return done
+    return sum(
+        bool(rows) and rows[-1].get("status") == "completed"
+        for rows in trial_reports(experiment_dir).values()
+    )
 
 
 @pytest.mark.slow
 def test_64_trials_complete_and_driver_memory_stays_flat(tmp_path):
-    command = [
-        sys.executable,
-        "-m",
-        "sweep.launch",
-        "--space",
-        "beta_dim",
-        "--preset",
-        "tiny",
-        "--num-samples",
-        "64",
-        "--experiment",
-        "load",
-        "--no-dashboard",
-    ]
-    driver = subprocess.Popen(
-        command, cwd=tmp_path, stdout=open(tmp_path / "driver.log", "w"), stderr=subprocess.STDOUT
-    )
+    args = ("--space", "beta_dim", "--preset", "tiny", "--num-samples", "64")
+    driver = launch(tmp_path, *args, "--experiment", "load", "--no-dashboard")
     experiment = tmp_path / "sweep-results" / "load"
     rss, started = {}, time.monotonic()
     while driver.poll() is None:

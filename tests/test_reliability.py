@@ -7,6 +7,7 @@ import optuna
 import pandas as pd
 import pytest
 import soundfile as sf
+from helpers import launch, trial_reports
 from mlflow import MlflowClient
 
 from sweep.launch import main
@@ -127,48 +128,22 @@ def test_utterance_ids_cannot_steer_wav_paths():
         assert "/" not in name and "\\" not in name and name not in ("", ".", "..")
 
 
-def _rows(experiment_dir):
-    import json
-
-    return {
-        p.parent.name: [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-        for p in experiment_dir.glob("*/result.json")
-    }
-
-
 def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path):
     """SIGKILL to a trial's process mid-training: Tune retries it (FailureConfig) from its last
     checkpoint, in the same MLflow child run (sweep.attempt = 2), and the sweep completes."""
     import os
     import signal
-    import subprocess
-    import sys
     import time
 
-    command = [
-        sys.executable,
-        "-m",
-        "sweep.launch",
-        "--space",
-        "beta_dim",
-        "--steps",
-        "100",
-        "--num-samples",
-        "2",
-        "--experiment",
-        "kill-worker",
-        "--no-dashboard",
-    ]
-    driver = subprocess.Popen(
-        command, cwd=tmp_path, stdout=open(tmp_path / "driver.log", "w"), stderr=subprocess.STDOUT
-    )
+    driver = launch(tmp_path, "--space", "beta_dim", "--steps", "100", "--num-samples", "2",
+                    "--experiment", "kill-worker", "--no-dashboard")  # fmt: skip
     experiment = tmp_path / "sweep-results" / "kill-worker"
     deadline, victim = time.monotonic() + 300, None
     while victim is None:
         assert driver.poll() is None and time.monotonic() < deadline, (tmp_path / "driver.log").read_text()[
             -3000:
         ]
-        for name, rows in _rows(experiment).items():
+        for name, rows in trial_reports(experiment).items():
             if rows and rows[-1].get("checkpoint_dir_name") and rows[-1]["step"] < 80:
                 victim = (name, rows[-1]["pid"], rows[-1]["step"])
                 break
@@ -176,7 +151,7 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path):
     os.kill(victim[1], signal.SIGKILL)
     assert driver.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
 
-    rows = _rows(experiment)[victim[0]]
+    rows = trial_reports(experiment)[victim[0]]
     pids = [r["pid"] for r in rows]
     assert len(set(pids)) == 2 and rows[-1]["status"] == "completed"
     first_after = next(r for r in rows if r["pid"] != victim[1])

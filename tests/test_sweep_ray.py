@@ -3,12 +3,12 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import optuna
 import pandas as pd
 import pytest
+from helpers import launch_command
 from mlflow import MlflowClient
 
 from sweep.launch import main
@@ -141,7 +141,7 @@ def _finished_children(db):
 
 def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path):
     """SIGINT then SIGKILL to the driver mid-sweep; --resume finishes it (DESIGN §5, PITFALLS ray#30861)."""
-    command = [sys.executable, "-m", "sweep.launch", "--no-dashboard", "--experiment", "resume-test"]
+    command = launch_command("--no-dashboard", "--experiment", "resume-test")
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(
         command + ["--space", "beta_dim", "--preset", "smoke", "--steps", "60", "--num-samples", "4"],
