@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 from transformers import MimiConfig, MimiModel
+from transformers.models.mimi.modeling_mimi import MimiConv1d
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class MimiCodec(nn.Module):
             )
         self.spec = spec
         self.config = config
+        use_integer_padding(model)
         self.encoder = model.encoder  # MimiEncoderModel: SEANet + transformer + downsample
         self.decoder = LatentDecoder(model.decoder)
         # The quantizer is not used: the VAE works on the latents before it.
@@ -194,6 +196,36 @@ class LatentDecoder(nn.Module):
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.mimi(latents).audio_values
+
+
+class IntegerPaddingConv1d(MimiConv1d):
+    """MimiConv1d with its padding computed in Python integers.
+
+    transformers computes each convolution's padding from 0-d tensor buffers. On a GPU that is a
+    host sync per convolution (F.pad needs the numbers), and under torch.compile a graph break per
+    convolution (about 30 per decoder pass). The numbers are the same; only their type differs.
+    """
+
+    def forward(self, hidden_states: torch.Tensor, padding_cache=None) -> torch.Tensor:
+        if padding_cache is not None:  # streaming: transformers' own path
+            return super().forward(hidden_states, padding_cache)
+        stride, kernel, total = self.int_padding  # (stride, effective kernel, total padding)
+        length = hidden_states.shape[-1]
+        frames = -(-(length - kernel + total) // stride)  # ceil: transformers' n_frames
+        extra = frames * stride + kernel - total - length
+        if self.causal:
+            paddings = (total, extra)
+        else:
+            paddings = (total - total // 2, total // 2 + extra)
+        return self.conv(self._pad1d(hidden_states, paddings, mode=self.pad_mode))
+
+
+def use_integer_padding(model: nn.Module) -> None:
+    """Give every MimiConv1d of `model` integer padding arithmetic (IntegerPaddingConv1d)."""
+    for module in model.modules():
+        if type(module) is MimiConv1d:
+            module.int_padding = (int(module.stride), int(module.kernel_size), int(module.padding_total))
+            module.__class__ = IntegerPaddingConv1d
 
 
 def _load_pretrained(

@@ -2,6 +2,8 @@
 
     trainer = VAETrainer(BetaVAE(VAEConfig(latent_dim=32), codec.decoder), device)
     metrics = trainer.train_step(batch)      # {"train/loss": ..., "train/recon": ..., ...}
+    row = trainer.train_step_async(batch)    # the same values as a device tensor: no host sync
+    fast = VAETrainer(vae, "cuda", StepSettings.fastest("cuda"))   # compiled (CUDA graphs), fused AdamW
     save_checkpoint(trainer, "ckpt/", {"codec": codec.spec.describe()})
     load_checkpoint("ckpt/", trainer)
 
@@ -9,6 +11,13 @@ Loss (DESIGN.md §2.3): multi-scale STFT + waveform L1 + beta * KL + lambda_smoo
 + lambda_pred * L_pred. A term whose weight is 0 is not added to the loss at all (and L_pred's
 predictor is not even built), so a zero weight means exactly zero influence on the gradients.
 L_smooth and L_pred act on the posterior means mu: the latents the diagnostics model.
+
+Speed (issue 7, measured by `python -m sweep.bench`): a batch-4 step leaves a GPU mostly idle and
+its time goes to launching ~2000 small kernels. `StepSettings` turns on what pays there:
+torch.compile of forward + loss in "reduce-overhead" mode (fused elementwise kernels, the forward
+and backward replayed as CUDA graphs), AdamW's fused kernel, and a step that never waits for the
+GPU (`train_step_async`; audio goes to the GPU from pinned memory). They compute the same function:
+tests/test_training.py and the benchmark compare them with the eager step.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from models.runtime import autocast
 from models.vae import BetaVAE, LatentPredictor, VAEConfig
 
 CHECKPOINT_STATE = "state.pt"
+TERM_NAMES = ("stft", "l1", "kl", "smooth", "recon")  # then "pred" when L_pred is on, then "loss"
 CHECKPOINT_META = "meta.json"
 
 
@@ -40,29 +50,62 @@ class Batch:
         return Batch(self.features.to(device, non_blocking=True), self.audio.to(device, non_blocking=True))
 
 
+@dataclass(frozen=True)
+class StepSettings:
+    """How a training step runs: operational, not part of a trial's identity (each setting computes
+    the same function, to bf16 rounding)."""
+
+    compile: bool = False  # torch.compile forward + loss; on CUDA in "reduce-overhead" mode (CUDA graphs)
+    fused_optimizer: bool = False  # AdamW(fused=True): one kernel for all parameters (CUDA only)
+
+    @classmethod
+    def fastest(cls, device: torch.device | str) -> StepSettings:
+        """Everything that pays on `device`: all of it on CUDA, nothing on the CPU (compiling the
+        codec's decoder costs minutes on a few cores and gains little there)."""
+        cuda = torch.device(device).type == "cuda"
+        return cls(compile=cuda, fused_optimizer=cuda)
+
+
 class VAETrainer:
     """Owns the VAE, the optional L_pred predictor and their optimisers; counts steps."""
 
-    def __init__(self, vae: BetaVAE, device: torch.device | str = "cpu"):
+    def __init__(
+        self, vae: BetaVAE, device: torch.device | str = "cpu", settings: StepSettings = StepSettings()
+    ):
         self.device = torch.device(device)
+        self.settings = settings
+        if settings.fused_optimizer and self.device.type != "cuda":
+            raise ValueError(
+                f"fused_optimizer needs a CUDA device, got {self.device}; turn it off on the CPU."
+            )
         self.config: VAEConfig = vae.config
         self.vae = vae.to(self.device).train()
         trainable = [p for p in self.vae.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=self.config.lr, weight_decay=0.0)
+        fused = {"fused": True} if settings.fused_optimizer else {}
+        self.optimizer = torch.optim.AdamW(trainable, lr=self.config.lr, weight_decay=0.0, **fused)
         self.predictor: LatentPredictor | None = None
         self.pred_optimizer = None
         if self.config.lambda_pred > 0:
             self.predictor = LatentPredictor(
                 self.config.latent_dim, self.config.pred_context, self.config.pred_hidden
             ).to(self.device)
-            self.pred_optimizer = torch.optim.AdamW(self.predictor.parameters(), lr=self.config.pred_lr)
+            self.pred_optimizer = torch.optim.AdamW(
+                self.predictor.parameters(), lr=self.config.pred_lr, **fused
+            )
+        self.term_names = TERM_NAMES + (("pred",) if self.predictor is not None else ()) + ("loss",)
+        self.metric_names = tuple(f"train/{name}" for name in self.term_names)
+        self._losses = self._loss_row
+        if settings.compile:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self._losses = torch.compile(self._loss_row, mode=mode)
         self.step = 0
 
-    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Every loss term of `batch` and their weighted sum under "loss"."""
+    def loss_terms(self, batch: Batch, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Every loss term of `batch` and their weighted sum under "loss". `noise` (B, D, F): the
+        reparameterisation's standard normal draw (fresh when None); fixing it makes a step repeatable."""
         cfg = self.config
         with autocast(self.device):
-            audio_hat, mu, logvar, _ = self.vae(batch.features)
+            audio_hat, mu, logvar, _ = self.vae(batch.features, noise=noise)
         terms = {
             "stft": losses.multiscale_stft_loss(audio_hat, batch.audio, cfg.stft_windows),
             "l1": losses.waveform_l1(audio_hat, batch.audio),
@@ -82,21 +125,40 @@ class VAETrainer:
         terms["loss"] = loss
         return terms
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        """One optimiser step on `batch`; returns namespaced scalars (`train/loss`, `train/kl`, ...)."""
-        batch = batch.to(self.device)
+    def _loss_row(self, features: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor | None):
+        """(loss, every term stacked in `term_names` order): the part that torch.compile captures."""
+        terms = self.loss_terms(Batch(features, audio), noise)
+        return terms["loss"], torch.stack([terms[name].float() for name in self.term_names])
+
+    def train_step_async(self, batch: Batch, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """One optimiser step on `batch` without waiting for the GPU: returns the loss terms as a
+        (len(term_names),) tensor on the device, in `metric_names` order. `noise` as in loss_terms."""
+        batch = self._to_device(batch)
         self.optimizer.zero_grad(set_to_none=True)
         if self.pred_optimizer is not None:
             self.pred_optimizer.zero_grad(set_to_none=True)
-        terms = self.loss_terms(batch)
-        terms["loss"].backward()
+        if self.settings.compile and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are done with
+        loss, row = self._losses(batch.features, batch.audio, noise)
+        loss.backward()
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.vae.parameters(), self.config.grad_clip)
         self.optimizer.step()
         if self.pred_optimizer is not None:
             self.pred_optimizer.step()
         self.step += 1
-        return {f"train/{name}": value.item() for name, value in terms.items()}
+        return row.detach().clone()  # a CUDA graph's outputs are overwritten by its next replay
+
+    def train_step(self, batch: Batch, noise: torch.Tensor | None = None) -> dict[str, float]:
+        """One optimiser step on `batch`; returns namespaced scalars (`train/loss`, `train/kl`, ...)."""
+        values = self.train_step_async(batch, noise).tolist()  # one host sync for all terms
+        return dict(zip(self.metric_names, values, strict=True))
+
+    def _to_device(self, batch: Batch) -> Batch:
+        if self.device.type != "cuda" or batch.audio.device == self.device:
+            return batch.to(self.device)
+        # From pinned memory the copy is asynchronous: the CPU goes on to queue the step.
+        return Batch(batch.features.pin_memory(), batch.audio.pin_memory()).to(self.device)
 
     def state_dict(self) -> dict:
         state = {"step": self.step, "vae": self.vae.state_dict(), "optimizer": self.optimizer.state_dict()}

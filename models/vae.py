@@ -94,10 +94,15 @@ class BetaVAE(nn.Module):
         """(B, D, F) -> (B, 1, F * 1920)."""
         return self.decoder(self.from_latent(z))
 
-    def forward(self, features: torch.Tensor, sample: bool = True):
-        """(B, 512, F) -> (audio (B, 1, F * 1920), mu, logvar, z); z = mu when sample is False."""
+    def forward(self, features: torch.Tensor, sample: bool = True, noise: torch.Tensor | None = None):
+        """(B, 512, F) -> (audio (B, 1, F * 1920), mu, logvar, z); z = mu when sample is False.
+        `noise` (B, D, F): the standard normal draw of the reparameterisation (fresh when None)."""
         mu, logvar = self.posterior(features)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
+        if sample:
+            noise = torch.randn_like(mu) if noise is None else noise.to(mu.dtype)
+            z = mu + noise * (0.5 * logvar).exp()
+        else:
+            z = mu
         return self.decode(z), mu, logvar, z
 
 

@@ -21,13 +21,13 @@ import functools
 import gc
 import json
 import logging
-import math
 import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import ray
 import torch
 from ray import tune
@@ -36,7 +36,7 @@ from evaluation.diagnostics import BatteryConfig, run_battery
 from evaluation.trial import EvalConfig, TrialEvaluation, evaluate_vae
 from models.codec import CodecSpec, MimiCodec
 from models.runtime import pick_device
-from models.training import VAETrainer, load_checkpoint, save_checkpoint
+from models.training import StepSettings, VAETrainer, load_checkpoint, save_checkpoint
 from models.vae import BetaVAE, posterior_means
 from sweep.artifacts import log_trial_evaluation
 from sweep.config import ASHA_REDUCTION, Preset, TrialParams
@@ -47,6 +47,7 @@ from sweep.tracking import SweepTracking, TrialRun
 log = logging.getLogger(__name__)
 
 STATUS = "status"  # completed | diverged (reported with the last result)
+WALL = "time/wall"  # epoch seconds of each report: sweep.bench aligns trials' step counts on it
 NODE_ID = "node_id"  # the Ray node of each report
 PROBE_HORIZONS = (1, 4)
 
@@ -66,6 +67,7 @@ class TrialContext:
     varied: tuple[str, ...]  # the parameters the space varies, for run names
     probes: bool = True  # cheap batteries at ASHA's rungs; without ASHA nobody reads them
     fixed: dict = field(default_factory=dict)  # --set values for parameters the space does not vary
+    step: StepSettings = StepSettings()  # compile / fused optimizer (on a GPU; see StepSettings.fastest)
     tracking: SweepTracking | None = None  # None: no MLflow (the trainable alone, in tests)
 
 
@@ -90,32 +92,41 @@ def train_trial(config: dict, context: TrialContext) -> None:
     cache = FeatureCache(context.cache_dir, verify=False)
     codec = _codec(context.codec)
     decoder = copy.deepcopy(codec.decoder)  # trained by this trial only; the cached codec stays pristine
-    trainer = VAETrainer(BetaVAE(params.vae_config(context.preset), decoder), device)
+    settings = StepSettings(
+        compile=context.step.compile, fused_optimizer=context.step.fused_optimizer and device.type == "cuda"
+    )
+    if settings.compile:
+        torch._dynamo.reset()  # a reused worker's earlier trials would count towards the recompile limit
+    trainer = VAETrainer(BetaVAE(params.vae_config(context.preset), decoder), device, settings)
     latest = _restore(trainer)
     preset = context.preset
     crop_frames = round(preset.crop_seconds * codec.frame_rate)
     sampler = CropSampler(cache, list(context.train_ids), crop_frames, preset.batch_size, seed=params.seed)
     rungs = set(rung_steps(params.train_steps, preset.probe_first)) if context.probes else set()
-    window, clock = _Window(), _Clock()
+    window, clock = _Window(trainer.metric_names, trainer.step), _Clock()
+    curves = {}
     while trainer.step < params.train_steps:
-        metrics = clock.timed("train", trainer.train_step, sampler.batch(trainer.step))
-        window.add(metrics)
-        if not math.isfinite(metrics["train/loss"]):
-            return _end_diverged(trainer, window, metrics, run, latest)
+        # No host sync inside a report interval: the CPU queues steps while the GPU runs them.
+        window.add(clock.timed("train", trainer.train_step_async, sampler.batch(trainer.step)))
         step = trainer.step
-        if step == params.train_steps:
+        last = step == params.train_steps
+        if not (last or step in rungs or step % preset.report_every == 0):
+            continue
+        curves = clock.timed("train", window.flush)  # waits for the interval's steps
+        if window.diverged:
+            return _end_diverged(window, run, latest)
+        if last:
             break
         if step in rungs:
             latest = clock.timed("probe", _probe, trainer, cache, context, params, device)
-        if step % preset.report_every == 0 or step in rungs:
-            curves = window.flush()
-            if run:
-                clock.timed("logging", run.log_metrics, {**curves, **latest}, step)
-            keep = step % preset.checkpoint_every == 0 or step in rungs
-            _report({TIME_ATTR: step, **curves, **latest, **node}, trainer if keep else None, latest)
+        if run:
+            clock.timed("logging", run.log_metrics, {**curves, **latest}, step)
+        keep = step % preset.checkpoint_every == 0 or step in rungs
+        metrics = {TIME_ATTR: step, **curves, **latest, **node, WALL: time.time(), **clock.seconds()}
+        clock.timed("checkpoint", _report, metrics, trainer if keep else None, latest)
     evaluation = clock.timed("evaluation", _evaluate, trainer, cache, context, params, device)
     values = objective_values(evaluation.metrics, params.dim, preset.max_recon_mel)
-    final = {TIME_ATTR: trainer.step, **window.flush(), **evaluation.metrics, **values, **node}
+    final = {TIME_ATTR: trainer.step, **curves, **evaluation.metrics, **values, **node, WALL: time.time()}
     final[STATUS] = "completed"
     if run:
         clock.timed("logging", _log_final, run, final, evaluation, trainer.step)
@@ -235,10 +246,9 @@ def _log_final(run: TrialRun, final: dict, evaluation: TrialEvaluation, step: in
     run.set_tags({"rollout/horizon": str(int(final["rollout/horizon"]))})
 
 
-def _end_diverged(trainer, window: _Window, metrics: dict, run: TrialRun | None, latest: dict) -> None:
+def _end_diverged(window: _Window, run: TrialRun | None, latest: dict) -> None:
     """Report the divergence honestly and end the trial; the searcher sees the surrogate."""
-    last_finite = window.flush(finite_only=True)
-    step = trainer.step
+    step, metrics, last_finite = window.diverged
     log.warning("training diverged at step %d: %s", step, metrics)
     final = {**latest, **last_finite, **objective_values({}, 1, 0.0), MEASURED: 0.0, TIME_ATTR: step,
              STATUS: "diverged", "diverged/step": step, "diverged/loss": metrics["train/loss"]}  # fmt: skip
@@ -249,25 +259,31 @@ def _end_diverged(trainer, window: _Window, metrics: dict, run: TrialRun | None,
 
 
 class _Window:
-    """Means of the train/* scalars since the last flush."""
+    """The loss terms of the steps since the last flush, kept on the device until then.
 
-    def __init__(self):
-        self.sums, self.counts = defaultdict(float), defaultdict(int)
-        self.finite_sums, self.finite_counts = defaultdict(float), defaultdict(int)
+    flush() returns their means; if a step's loss was non-finite, `diverged` holds
+    (that step, its values, the means of the steps before it)."""
 
-    def add(self, metrics: dict) -> None:
-        for key, value in metrics.items():
-            self.sums[key] += value
-            self.counts[key] += 1
-            if math.isfinite(value):
-                self.finite_sums[key] += value
-                self.finite_counts[key] += 1
+    def __init__(self, names: tuple[str, ...], step: int):
+        self.names, self.next_step = names, step + 1
+        self.rows: list[torch.Tensor] = []
+        self.diverged: tuple[int, dict, dict] | None = None
 
-    def flush(self, finite_only: bool = False) -> dict:
-        sums, counts = (self.finite_sums, self.finite_counts) if finite_only else (self.sums, self.counts)
-        means = {key: sums[key] / counts[key] for key in sums if counts[key]}
-        self.__init__()
-        return means
+    def add(self, row: torch.Tensor) -> None:
+        self.rows.append(row)
+
+    def flush(self) -> dict:
+        if not self.rows:
+            return {}
+        values = torch.stack(self.rows).double().cpu().numpy()  # (steps, terms): the one host sync
+        first, self.rows = self.next_step, []
+        self.next_step += len(values)
+        bad = ~np.isfinite(values[:, self.names.index("train/loss")])
+        if bad.any():
+            i = int(bad.argmax())
+            before = dict(zip(self.names, values[:i].mean(axis=0), strict=True)) if i else {}
+            self.diverged = (first + i, dict(zip(self.names, values[i], strict=True)), before)
+        return {name: float(v) for name, v in zip(self.names, values.mean(axis=0), strict=True)}
 
 
 class _Clock:

@@ -111,3 +111,24 @@ def test_missing_weights_fail_fast_with_the_fix(tmp_path):
 def test_folder_without_config_is_explained(tmp_path):
     with pytest.raises(CodecWeightsMissing, match="no config.json"):
         MimiCodec.pretrained(str(tmp_path))
+
+
+def test_integer_padding_changes_no_output():
+    """IntegerPaddingConv1d (no host sync, no graph break per convolution) computes what
+    transformers' MimiConv1d computes, through encoder and decoder, on an odd length."""
+    from transformers import MimiConfig, MimiModel
+    from transformers.models.mimi.modeling_mimi import MimiConv1d
+
+    from models.codec import IntegerPaddingConv1d, use_integer_padding
+
+    torch.manual_seed(0)
+    model = MimiModel(MimiConfig(num_filters=8, num_hidden_layers=2)).eval()
+    audio = torch.randn(2, 1, 2 * 24_000 + 123)
+    with torch.no_grad():
+        before = model.encoder(audio).latents, model.decoder(model.encoder(audio).latents).audio_values
+        use_integer_padding(model)
+        after = model.encoder(audio).latents, model.decoder(model.encoder(audio).latents).audio_values
+    assert not any(type(m) is MimiConv1d for m in model.modules())
+    assert sum(isinstance(m, IntegerPaddingConv1d) for m in model.modules()) > 20
+    for x, y in zip(before, after, strict=True):
+        assert torch.equal(x, y)

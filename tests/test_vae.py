@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from models import losses
-from models.training import Batch, VAETrainer, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from models.training import (
+    Batch,
+    StepSettings,
+    VAETrainer,
+    load_checkpoint,
+    read_checkpoint_meta,
+    save_checkpoint,
+)
 from models.vae import BetaVAE, VAEConfig
 from sweep.corpus import BUNDLED_CORPUS
 from sweep.data import read_audio
@@ -171,3 +178,54 @@ def test_context_windows_order():
     assert nxt[3].tolist() == z[1, :, 5].tolist()
     with pytest.raises(ValueError, match="more than 4 frames"):
         losses.context_windows(z[..., :4], context=4)
+
+
+def test_async_step_returns_the_same_terms_as_train_step(codec, speech_batch):
+    """train_step_async's row is train_step's dict in metric_names order, on the device, unsynced."""
+    noise = torch.randn(2, 32, 16, generator=torch.Generator().manual_seed(3))
+    a, b = (torch.manual_seed(0) and make_trainer(codec, lambda_pred=0.5) for _ in range(2))
+    row = a.train_step_async(speech_batch, noise)
+    metrics = b.train_step(speech_batch, noise)
+    assert a.metric_names == tuple(metrics) == (
+        "train/stft", "train/l1", "train/kl", "train/smooth", "train/recon", "train/pred", "train/loss"
+    )  # fmt: skip
+    assert row.shape == (7,) and row.device == a.device and not row.requires_grad
+    assert row.tolist() == pytest.approx(list(metrics.values()), rel=1e-6)
+    assert a.step == b.step == 1
+
+
+class _LinearDecoder(torch.nn.Module):
+    """A stand-in with the decoder's contract, (B, 512, F) -> (B, 1, F * 1920): compiles in seconds."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.ConvTranspose1d(512, 1, kernel_size=1920, stride=1920)
+
+    def forward(self, latents):
+        return torch.tanh(self.up(latents))
+
+
+def test_compiled_step_computes_what_the_eager_step_does(speech_batch):
+    """The compiled path (StepSettings(compile=True); CUDA graphs on a GPU) computes the same step:
+    from the same weights, batch and noise, the same loss terms and the same gradients.
+    (Trajectories then drift at rounding level: Adam's first update is about lr * sign(grad),
+    so a near-zero gradient's rounding decides its direction.)"""
+    noise = torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(4))
+    trainers, rows = [], []
+    for settings in (StepSettings(), StepSettings(compile=True)):
+        torch.manual_seed(0)
+        vae = BetaVAE(VAEConfig(latent_dim=16, lambda_smooth=0.1), _LinearDecoder())
+        trainers.append(VAETrainer(vae, "cpu", settings))
+        rows.append(trainers[-1].train_step(speech_batch, noise))
+    assert list(rows[1].values()) == pytest.approx(list(rows[0].values()), rel=1e-5)
+    grads = [torch.cat([p.grad.flatten() for p in t.vae.parameters()]) for t in trainers]
+    assert (grads[1] - grads[0]).norm() <= 1e-4 * grads[0].norm()
+
+
+def test_fastest_settings_use_the_gpu_only_paths_only_on_a_gpu():
+    assert StepSettings.fastest("cpu") == StepSettings(compile=False, fused_optimizer=False)
+    assert StepSettings.fastest("cuda") == StepSettings(compile=True, fused_optimizer=True)
+    with pytest.raises(ValueError, match="fused_optimizer needs a CUDA device"):
+        VAETrainer(
+            BetaVAE(VAEConfig(latent_dim=4), _LinearDecoder()), "cpu", StepSettings(fused_optimizer=True)
+        )
