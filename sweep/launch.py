@@ -37,6 +37,10 @@ PLAN_FILE = "sweep.json"
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")  # never a path: no '/', no leading '.'
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 OPTUNA_STORE = "optuna.db"
+COMPILE_CHOICES = ("auto", "on", "off")
+COMPILE_MIN_STEPS = 2000  # below this a compiled step's warm-up (~0.5-1 min) is not repaid
+TRIALS_PER_GPU = 8  # the packing --gpus-per-trial auto aims at (sweep.bench: most steps/s per GPU)
+TRIAL_GPU_MEMORY_GIB = 8  # a paper trial's peak GPU memory with headroom (sweep.bench measures it)
 
 
 class UsageError(ValueError):
@@ -66,6 +70,16 @@ class SweepPlan:
     fixed: dict = field(default_factory=dict)  # --set values for parameters the space does not vary
     workdir: str = "."
     parent_run_id: str | None = None
+    compile: str = "auto"  # --compile: auto | on | off
+    fused_optimizer: bool = True
+    mps: bool = False
+
+    @property
+    def compiled(self) -> bool:
+        """Whether trials compile their step: auto = on a GPU, for trials long enough to repay the warm-up."""
+        if self.compile == "auto":
+            return self.gpus_per_trial > 0 and self.max_train_steps() >= COMPILE_MIN_STEPS
+        return self.compile == "on"
 
     @property
     def experiment_dir(self) -> str:
@@ -171,13 +185,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     where.add_argument(
         "--cache", default=".cache/features", help="feature cache folder (default .cache/features)"
     )
-    res = p.add_argument_group("resources")
+    res = p.add_argument_group("resources and speed (python -m sweep.bench measures each)")
     res.add_argument(
-        "--gpus-per-trial", type=float, help="fractional GPUs per trial (default 0.25 with a GPU, else 0)"
+        "--gpus-per-trial",
+        type=float,
+        help=f"fractional GPUs per trial. Default: {TRIALS_PER_GPU} trials per GPU where its memory "
+        f"allows ({TRIAL_GPU_MEMORY_GIB} GiB each), else as many as fit; 0 without a GPU. "
+        "--gpus-per-trial 1 turns packing off",
     )
     res.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
     res.add_argument(
         "--max-concurrent", type=int, help="trials at a time at most (default: as resources allow)"
+    )
+    res.add_argument(
+        "--compile",
+        choices=COMPILE_CHOICES,
+        default="auto",
+        help="torch.compile each trial's step, replayed as CUDA graphs (about 2x the steps/s of one "
+        f"trial; ~0.5-1 min warm-up). auto (default): on a GPU for trials of >= {COMPILE_MIN_STEPS} steps",
+    )
+    res.add_argument(
+        "--no-fused-optimizer",
+        action="store_true",
+        help="use AdamW's multi-tensor kernels instead of its fused one (on a GPU the fused one is default)",
+    )
+    res.add_argument(
+        "--mps",
+        action="store_true",
+        help="start a CUDA MPS daemon of this sweep's own (stopped when the sweep ends, however it ends), "
+        "so that the trials sharing a GPU run their kernels side by side instead of taking turns. "
+        "Use it when several trials share each GPU of a machine you have to yourself; it changes how "
+        "every process using the daemon shares the GPU, so it is off unless asked. Local Ray only",
     )
     res.add_argument("--address", help="an existing Ray cluster (or RAY_ADDRESS); default: start Ray here")
     res.add_argument("--no-dashboard", action="store_true", help="do not start Ray's dashboard (local Ray)")
@@ -233,6 +271,9 @@ def make_plan(args: argparse.Namespace, workdir: Path) -> SweepPlan:
         num_samples=num_samples,
         cpus_per_trial=_check_cpus(args.cpus_per_trial),
         gpus_per_trial=_gpus_per_trial(args.gpus_per_trial, args),
+        compile=args.compile,
+        fused_optimizer=not args.no_fused_optimizer,
+        mps=_check_mps(args),
         max_concurrent=_check_concurrency(args.max_concurrent),
         storage=root,
         mlflow_uri=args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri(workdir),
@@ -291,12 +332,12 @@ def _check_concurrency(value: int | None) -> int | None:
 
 
 def _gpus_per_trial(requested: float | None, args) -> float:
-    """0.25 where a GPU is visible, else 0; asking for GPUs on a machine without one is an error."""
+    """Packing where a GPU is visible, else 0; asking for GPUs on a machine without one is an error."""
     import torch
 
     visible = torch.cuda.device_count()
     if requested is None:
-        return 0.25 if visible else 0.0
+        return 1 / trials_per_gpu(torch.cuda.get_device_properties(0).total_memory) if visible else 0.0
     if requested < 0:
         raise UsageError(f"--gpus-per-trial must be >= 0, got {requested}.")
     if requested > 0 and not visible and not (args.address or os.environ.get("RAY_ADDRESS")):
@@ -306,6 +347,32 @@ def _gpus_per_trial(requested: float | None, args) -> float:
             "Use --gpus-per-trial 0 to run on the CPU, or --address to use a Ray cluster with GPUs."
         )
     return requested
+
+
+def trials_per_gpu(gpu_memory_bytes: int) -> int:
+    """TRIALS_PER_GPU, or fewer where the GPU's memory would not hold them."""
+    return max(1, min(TRIALS_PER_GPU, int(gpu_memory_bytes / 2**30 // TRIAL_GPU_MEMORY_GIB)))
+
+
+def _check_mps(args) -> bool:
+    if not args.mps:
+        return False
+    import torch
+
+    from sweep.mps import MPSError, check_mps_available
+
+    if args.address or os.environ.get("RAY_ADDRESS"):
+        raise UsageError(
+            "--mps starts a daemon on this machine only; with --address the trials run on the cluster's "
+            "nodes. Start MPS on each node yourself (nvidia-cuda-mps-control -d) or drop --mps."
+        )
+    if not torch.cuda.device_count():
+        raise UsageError("--mps needs a GPU, and torch sees none here; drop --mps.")
+    try:
+        check_mps_available()
+    except MPSError as err:
+        raise UsageError(str(err)) from None
+    return True
 
 
 def _data_folder(data: str | None, preset: Preset, workdir: Path) -> Path:
@@ -423,6 +490,9 @@ def describe(plan: SweepPlan, cpus: int, gpus: int) -> str:
         f"here {cpus} CPUs, "
         f"{gpus} GPUs -> {at_once} trials at a time, {math.ceil(plan.trial_count / max(at_once, 1))} waves"
         + ("" if at_once else "  (NOTHING FITS: lower --cpus-per-trial / --gpus-per-trial)"),
+        f"  speed       step {'compiled (CUDA graphs)' if plan.compiled else 'eager'}, "
+        f"{'fused' if plan.fused_optimizer and plan.gpus_per_trial > 0 else 'multi-tensor'} AdamW, "
+        f"MPS {'on' if plan.mps else 'off'}",
         f"  outputs     Tune {plan.experiment_dir}; MLflow {plan.mlflow_uri}"
         + (f"; Optuna {plan.optuna_uri} (study {plan.experiment})" if plan.search == "optuna" else ""),
     ]

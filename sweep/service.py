@@ -11,7 +11,9 @@ import dataclasses
 import logging
 import math
 import os
+import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import ray
@@ -22,12 +24,14 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from models.codec import CodecSpec, CodecWeightsMissing, MimiCodec
+from models.training import StepSettings
 from sweep import spaces
 from sweep.config import ASHA_REDUCTION
 from sweep.corpus import write_corpus
 from sweep.data import DataError, discover_audio, select_utterances, split_by_speaker
 from sweep.features import build_feature_cache
 from sweep.launch import SweepPlan, UsageError, describe, exposure_warning, git_commit
+from sweep.mps import mps_daemon
 from sweep.objective import (
     CONSTRAINT,
     OBJECTIVE_MODES,
@@ -101,9 +105,42 @@ def run_sweep(
     dashboard: bool = True,
     dashboard_host: str = "127.0.0.1",
 ) -> int:
+    if not plan.mps:
+        return _run(plan, resume, address, dashboard, dashboard_host)
+    if ray.is_initialized():
+        raise UsageError("--mps needs a Ray that the sweep starts itself (its workers must see the daemon).")
+    with _sigterm_as_exit(), mps_daemon(Path(plan.workdir) / ".mps" / plan.experiment) as env:
+        try:
+            return _run(plan, resume, address, dashboard, dashboard_host, worker_env=env)
+        finally:
+            ray.shutdown()  # the trials' workers leave the daemon before it stops
+
+
+@contextmanager
+def _sigterm_as_exit():
+    """SIGTERM raises SystemExit, so that `finally` blocks (stopping the MPS daemon) run."""
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(
+    plan: SweepPlan,
+    resume: bool,
+    address,
+    dashboard: bool,
+    dashboard_host: str,
+    worker_env: dict | None = None,
+) -> int:
     try:
         check_reachable(plan.mlflow_uri)
-        info = _start_ray(address, dashboard, plan, dashboard_host)
+        info = _start_ray(address, dashboard, plan, dashboard_host, worker_env)
         context, tags = _prepare(plan)
         if not is_uri(plan.storage):
             Path(plan.storage).mkdir(parents=True, exist_ok=True)
@@ -179,6 +216,7 @@ def _prepare(plan: SweepPlan) -> tuple[TrialContext, dict]:
         varied=plan.varied,
         probes=plan.scheduler == "asha",
         fixed=dict(plan.fixed),
+        step=StepSettings(compile=plan.compiled, fused_optimizer=plan.fused_optimizer),
     )
     return context, tags
 
@@ -208,7 +246,13 @@ def check_visible_everywhere(paths: dict[str, Path]) -> None:
                 )
 
 
-def _start_ray(address: str | None, dashboard: bool, plan: SweepPlan, dashboard_host: str = "127.0.0.1"):
+def _start_ray(
+    address: str | None,
+    dashboard: bool,
+    plan: SweepPlan,
+    dashboard_host: str = "127.0.0.1",
+    worker_env: dict | None = None,
+):
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():  # a caller (a test, a notebook) brought its own Ray
         info = None
@@ -227,7 +271,8 @@ def _start_ray(address: str | None, dashboard: bool, plan: SweepPlan, dashboard_
         warning = exposure_warning("Ray's dashboard", dashboard_host) if dashboard else None
         if warning:
             print(warning, file=sys.stderr)
-        info = ray.init(include_dashboard=dashboard, dashboard_host=dashboard_host)
+        runtime_env = {"env_vars": worker_env} if worker_env else None  # MPS: the workers are its clients
+        info = ray.init(include_dashboard=dashboard, dashboard_host=dashboard_host, runtime_env=runtime_env)
     if plan.gpus_per_trial > 0 and not ray.cluster_resources().get("GPU"):
         raise UsageError(f"--gpus-per-trial {plan.gpus_per_trial:g} but the Ray cluster has no GPUs.")
     return info
@@ -246,6 +291,9 @@ def _sweep_params(plan: SweepPlan) -> dict:
         "data": plan.data,
         "cpus_per_trial": plan.cpus_per_trial,
         "gpus_per_trial": plan.gpus_per_trial,
+        "compile": plan.compiled,
+        "fused_optimizer": plan.fused_optimizer,
+        "mps": plan.mps,
         "max_recon_mel": plan.preset.max_recon_mel,
         **{f"fixed.{k}": v for k, v in plan.fixed.items()},
     }

@@ -52,6 +52,11 @@ LAMBDA_PRED = Param("lambda_pred", (0.0, 0.01, 0.1, 1.0))
 BASELINE = {"beta": 0.01, "dim": 32, "steps": 10_000, "lambda_smooth": 0.0, "lambda_pred": 0.0}
 
 
+def baseline(search: str) -> dict:
+    """The seed's configuration alone (beta=0.01, dim=32, 10k steps); --num-samples N repeats it."""
+    return _space(search)
+
+
 def beta_dim(search: str) -> dict:
     """KL weight x bottleneck size: the first question (16 grid points)."""
     return _space(search, BETA, DIM)
@@ -73,6 +78,7 @@ def ar_losses(search: str) -> dict:
 
 
 SPACES: dict[str, Callable[[str], dict]] = {
+    "baseline": baseline,
     "beta_dim": beta_dim,
     "beta_dim_steps": beta_dim_steps,
     "steps": steps,
@@ -80,6 +86,7 @@ SPACES: dict[str, Callable[[str], dict]] = {
 }
 PARAMS = {p.name: p for p in (BETA, DIM, STEPS, LAMBDA_SMOOTH, LAMBDA_PRED)}
 _SPACE_PARAMS = {
+    "baseline": (),
     "beta_dim": (BETA, DIM),
     "beta_dim_steps": (BETA, DIM, STEPS),
     "steps": (STEPS,),

@@ -127,6 +127,9 @@ def train_trial(config: dict, context: TrialContext) -> None:
     evaluation = clock.timed("evaluation", _evaluate, trainer, cache, context, params, device)
     values = objective_values(evaluation.metrics, params.dim, preset.max_recon_mel)
     final = {TIME_ATTR: trainer.step, **curves, **evaluation.metrics, **values, **node, WALL: time.time()}
+    final.update({f"time/evaluation/{part}": seconds for part, seconds in evaluation.seconds.items()})
+    if device.type == "cuda":  # what fractional GPUs do not limit (ray#5902): sweep.bench reads it
+        final["gpu/peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     final[STATUS] = "completed"
     if run:
         clock.timed("logging", _log_final, run, final, evaluation, trainer.step)

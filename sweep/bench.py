@@ -1,0 +1,451 @@
+"""How fast the sweep runs on this machine: one trial's step, the battery, N trials per GPU.
+
+    python -m sweep.bench                                   # on a GPU: every part (~12 min on an H100)
+    python -m sweep.bench --parts tune --trials 4,8 --mps both
+    python -m sweep.bench --device cpu --codec random:reduced --preset tiny --trials 1,2 \\
+        --tune-steps 8 --step-steps 3 --battery-utterances 40 --battery-seconds 6    # CPU path, ~1 min
+
+Parts (run in this order; `tune` first because it starts its own processes, some of them under an
+MPS daemon, before this one has touched the GPU):
+- tune: N trials at 1/N GPU each through the real service (`python -m sweep.launch --space baseline
+  --search grid --num-samples N`: Ray Tune, MLflow, the trainable, the default fast step), with and/or
+  without MPS. Aggregate VAE steps/s over the window in which all N trained at once; where each
+  trial's wall time went (set-up, warm-up, training, evaluation, logging, checkpoints); peak GPU memory.
+- step: VAE steps/s of one process on the preset's trial (paper: batch 4 x 4 s, full loss, cached
+  features) for each step variant, and how closely the fast step matches the eager one.
+- battery: the diagnostics battery at paper scale on synthetic latents (evaluation.bench_battery).
+
+Results accumulate in sweep-bench/bench.json (a rerun of a part replaces what it measured); the
+last thing printed is the markdown table of everything in it. `python -m sweep.launch ... --dry-run`
+reads that file to project a sweep's wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import itertools
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from evaluation.bench_battery import time_battery
+from evaluation.diagnostics import BatteryConfig
+from models.codec import CodecSpec, MimiCodec
+from models.runtime import pick_device
+from models.training import StepSettings, VAETrainer
+from models.vae import BetaVAE
+from sweep import throughput
+from sweep.config import PAPER_STEPS, PRESETS, Preset, TrialParams
+from sweep.corpus import write_corpus
+from sweep.data import discover_audio, select_utterances, split_by_speaker
+from sweep.features import CropSampler, build_feature_cache
+from sweep.objective import TIME_ATTR
+from sweep.sync import trial_reports
+from sweep.trainable import STATUS, WALL
+
+log = logging.getLogger("sweep.bench")
+
+BENCH_FILE = Path("sweep-bench") / "bench.json"
+PARTS = ("tune", "step", "battery")
+MPS_CHOICES = {"off": (False,), "on": (True,), "both": (False, True)}
+FLUSH_EVERY = 50  # steps between host syncs, as the trainable's reports (paper preset)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(
+        prog="python -m sweep.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from {', '.join(PARTS)}")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--codec", default="random:full" if cuda else "random:reduced")
+    p.add_argument("--preset", default="paper", choices=list(PRESETS), help="the trial configuration")
+    p.add_argument("--data", help="speech folder (default: the bundled corpus, written to the workdir)")
+    p.add_argument("--trials", default="1,2,4,8" if cuda else "1,2", help="tune: trials per GPU to run")
+    p.add_argument("--mps", choices=list(MPS_CHOICES), default="off", help="tune: with an MPS daemon or not")
+    p.add_argument("--tune-steps", type=int, default=1500 if cuda else 8, help="tune: VAE steps per trial")
+    p.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="tune: CPUs shared by the trials")
+    p.add_argument("--step-steps", type=int, default=300 if cuda else 3, help="step: timed steps per variant")
+    p.add_argument("--warmup-steps", type=int, default=10 if cuda else 1, help="step: untimed steps first")
+    p.add_argument("--battery-utterances", type=int, default=5000)
+    p.add_argument("--battery-hidden", type=int, default=BatteryConfig.hidden[0], help="MDN width")
+    p.add_argument("--battery-steps", type=int, default=BatteryConfig.steps, help="MDN steps at most")
+    p.add_argument("--agreement-steps", type=int, default=100 if cuda else 4, help="step: fast vs eager")
+    p.add_argument("--battery-seconds", type=float, default=12.0, help="battery: seconds per utterance")
+    p.add_argument("--workdir", default="sweep-bench/work", help="corpus, cache, Tune and MLflow stores")
+    p.add_argument("--out", default=str(BENCH_FILE), help="the JSON file results accumulate in")
+    args = p.parse_args(argv)
+    unknown = set(args.parts.split(",")) - set(PARTS)
+    if unknown:
+        p.error(f"--parts: unknown {sorted(unknown)}; choose from {', '.join(PARTS)}.")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    preset = PRESETS[args.preset]
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    results = _load(out, _machine(device))
+    data = Path(args.data).resolve() if args.data else _bundled_corpus(workdir)
+    parts = args.parts.split(",")
+    if "tune" in parts:
+        for mps in MPS_CHOICES[args.mps]:
+            for n in (int(x) for x in args.trials.split(",")):
+                entry = _tune_run(args, device, data, workdir, n, mps)
+                same = [e for e in results.get("tune", []) if (e["trials"], e["mps"]) == (n, mps)]
+                results["tune"] = [e for e in results.get("tune", []) if e not in same] + [entry]
+                _save(out, results, preset)  # each measurement is kept, whatever happens next
+    if "step" in parts:
+        results["step"] = bench_step(args, preset, device, data, workdir)
+        _save(out, results, preset)
+    if "battery" in parts:
+        hidden = (args.battery_hidden,) * 2
+        config = BatteryConfig(hidden=hidden, steps=args.battery_steps, device=str(device))
+        results["battery"] = time_battery(args.battery_utterances, args.battery_seconds, 32, config)
+        _save(out, results, preset)
+    print(markdown(results))
+    print(f"\nwritten to {out}")
+    return 0
+
+
+def _save(path: Path, results: dict, preset: Preset) -> None:
+    results["tune"] = sorted(results.get("tune", []), key=lambda e: (e["mps"], e["trials"]))
+    results["overhead"] = overhead_table(results, preset)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+
+
+# ---------------------------------------------------------------- tune: N trials through the service
+
+
+def _tune_run(args, device: torch.device, data: Path, workdir: Path, n: int, mps: bool) -> dict:
+    experiment = f"bench-n{n}{'-mps' if mps else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
+    gpus = 1 / n if device.type == "cuda" else 0
+    cpus = max(1, args.cpus // n)
+    argv = [
+        "--space", "baseline", "--search", "grid", "--num-samples", str(n), "--preset", args.preset,
+        "--codec", args.codec, "--data", str(data), "--steps", str(args.tune_steps), "--scheduler", "none",
+        "--gpus-per-trial", f"{gpus:.6f}", "--cpus-per-trial", str(cpus), "--no-dashboard",
+        "--experiment", experiment, "--storage", str(workdir / "results"),
+        "--mlflow-uri", f"sqlite:///{workdir / 'mlflow.db'}", "--cache", str(workdir / "cache"),
+    ] + (["--mps"] if mps else [])  # fmt: skip
+    log.info("tune: %d trial(s) at %.3g GPU, %d CPUs each, MPS %s", n, gpus, cpus, "on" if mps else "off")
+    logfile = workdir / f"{experiment}.log"
+    started = time.time()
+    with logfile.open("w") as out:
+        code = subprocess.run(
+            [sys.executable, "-m", "sweep.launch", *argv], cwd=workdir, stdout=out, stderr=subprocess.STDOUT
+        ).returncode
+    wall = time.time() - started
+    if code != 0:
+        tail = "".join(logfile.read_text().splitlines(keepends=True)[-40:])
+        raise RuntimeError(f"the sweep of {n} trial(s) failed (exit {code}); end of {logfile}:\n{tail}")
+    entry = summarise_trials(trial_reports(workdir / "results" / experiment), args.tune_steps)
+    files = select_utterances(discover_audio(data), PRESETS[args.preset].max_utterances)
+    entry["trial"]["eval_utterances"] = len(split_by_speaker(files, seed=0)[1])
+    return {
+        "trials": n,
+        "gpu_per_trial": gpus,
+        "cpus_per_trial": cpus,
+        "mps": mps,
+        "sweep_wall_s": wall,
+        **entry,
+    }
+
+
+def summarise_trials(reports: dict[str, list[dict]], steps: int) -> dict:
+    """Aggregate rate and a typical (median) trial's time budget from Tune's stored reports."""
+    series, budgets, warmups = [], [], []
+    for rows in reports.values():
+        training = [r for r in rows if STATUS not in r]
+        final = rows[-1]
+        if final.get(STATUS) != "completed":
+            raise RuntimeError(f"a benchmark trial ended as {final.get(STATUS)!r}, not completed.")
+        series.append([(r[WALL], r[TIME_ATTR]) for r in training])
+        budgets.append(final)
+        warmups.append(_warmup(training))
+    rate = throughput.aggregate_rate(series)
+    per_trial = statistics.median(rate["per_trial"])
+
+    def median(key: str) -> float:
+        return statistics.median(float(b.get(key, 0.0)) for b in budgets)
+
+    phases = {k: median(f"time/{k}") for k in ("train", "probe", "evaluation", "logging", "checkpoint")}
+    trial = {
+        "wall_s": median("time_total_s"),
+        **{f"{k}_s": v for k, v in phases.items()},
+        "setup_s": median("time_total_s") - sum(phases.values()),
+        "warmup_s": statistics.median(warmups),
+        "eval_battery_s": median("time/evaluation/battery"),
+        "eval_recon_audio_s": median("time/evaluation/recon_audio"),
+        "gpu_peak_gib": max(float(b.get("gpu/peak_gib", 0.0)) for b in budgets),
+    }
+    return {
+        "steps": steps,
+        "aggregate_steps_per_s": rate["aggregate"],
+        "per_trial_steps_per_s": per_trial,
+        "window_s": rate["window_s"],
+        "trial": trial,
+    }
+
+
+def _warmup(training: list[dict]) -> float:
+    """Seconds the first report interval took beyond its steps at the trial's later pace
+    (compilation, CUDA graph capture, first-touch allocations)."""
+    clock = [(r[TIME_ATTR], r.get("time/train", 0.0)) for r in training]
+    if len(clock) < 3:
+        return 0.0
+    pace = statistics.median((t2 - t1) / (s2 - s1) for (s1, t1), (s2, t2) in itertools.pairwise(clock[1:]))
+    return max(0.0, clock[0][1] - clock[0][0] * pace)
+
+
+def overhead_table(results: dict, preset: Preset, steps: int = PAPER_STEPS) -> list[dict]:
+    """Per tune entry: the time outside training of a `steps`-step trial, with the battery at paper
+    scale (the battery part's figure) in place of the bench's small-corpus battery."""
+    battery = results.get("battery", {}).get("seconds_total")
+    rows = []
+    for entry in results.get("tune", []):
+        t, scale = entry["trial"], steps / entry["steps"]
+        paper_battery = battery if battery is not None else t["eval_battery_s"]
+        outside = {
+            "setup": t["setup_s"],
+            "warm-up": t["warmup_s"],
+            "battery": paper_battery,
+            # decoding scales with the utterances decoded: the preset's count, not the bench corpus's
+            "recon+audio": t["eval_recon_audio_s"]
+            * preset.recon_utterances
+            / max(1, min(preset.recon_utterances, t["eval_utterances"])),
+            "logging": t["logging_s"] * scale,
+            "checkpoints": t["checkpoint_s"] * scale,
+        }
+        total = sum(outside.values())
+        train = steps / entry["per_trial_steps_per_s"]
+        rows.append({
+            "trials": entry["trials"], "mps": entry["mps"], "steps": steps, "train_s": train,
+            "outside_s": outside, "outside_total_s": total,
+            "fraction": throughput.overhead_fraction(total, steps, entry["per_trial_steps_per_s"]),
+        })  # fmt: skip
+    return rows
+
+
+# ---------------------------------------------------------------- step: one process, each variant
+
+
+def bench_step(args, preset: Preset, device: torch.device, data: Path, workdir: Path) -> dict:
+    codec = MimiCodec.from_spec(CodecSpec.parse(args.codec)).to(device)
+    sampler = _sampler(codec, preset, data, workdir, device)
+    variants = {"eager, host sync every step": (StepSettings(), True), "eager": (StepSettings(), False)}
+    if device.type == "cuda":
+        variants["eager + fused AdamW"] = (StepSettings(fused_optimizer=True), False)
+        variants["compiled (CUDA graphs) + fused AdamW: the default"] = (StepSettings.fastest(device), False)
+    rows = []
+    for name, (settings, sync) in variants.items():
+        trainer = _trainer(codec, preset, device, settings)
+        warmup = _timed_steps(trainer, sampler, args.warmup_steps, sync, device)
+        seconds = _timed_steps(trainer, sampler, args.step_steps, sync, device)
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+        rows.append({"variant": name, "steps_per_s": args.step_steps / seconds, "warmup_s": warmup,
+                     "peak_gib": peak})  # fmt: skip
+        log.info("step: %s: %.1f steps/s (warm-up %.1f s)", name, rows[-1]["steps_per_s"], warmup)
+        del trainer
+        _free(device)
+    fast = StepSettings.fastest(device)
+    agreement = compare_with_eager(codec, preset, device, sampler, fast, args.agreement_steps)
+    return {"codec": args.codec, "batch": preset.batch_size, "crop_seconds": preset.crop_seconds,
+            "variants": rows, "agreement": agreement}  # fmt: skip
+
+
+def compare_with_eager(
+    codec, preset: Preset, device, sampler: CropSampler, fast: StepSettings, steps: int
+) -> dict:
+    """The fast step against the eager one: the first step from the same weights, batch and noise
+    (loss terms, gradients), then `steps` steps on the same batches (mean loss of the last 20)."""
+    batch = sampler.batch(0)
+    noise = torch.randn(batch.features.shape[0], TrialParams().dim, batch.features.shape[2],
+                        generator=torch.Generator().manual_seed(0)).to(device)  # fmt: skip
+    rows, grads, curves = [], [], []
+    for settings in (StepSettings(), fast):
+        trainer = _trainer(codec, preset, device, settings)
+        rows.append(trainer.train_step_async(batch, noise).double().cpu())
+        grads.append(
+            torch.cat(
+                [p.grad.flatten().double().cpu() for p in trainer.vae.parameters() if p.grad is not None]
+            )
+        )
+        curves.append([trainer.train_step_async(sampler.batch(i), noise)[-1] for i in range(1, steps + 1)])
+        curves[-1] = torch.stack(curves[-1]).double().cpu()
+        del trainer
+        _free(device)
+    (eager, fast_row), (g_eager, g_fast) = rows, grads
+    return {
+        "loss_terms_max_rel_err": float(((fast_row - eager).abs() / eager.abs().clamp_min(1e-12)).max()),
+        "grad_rel_err": float((g_fast - g_eager).norm() / g_eager.norm()),
+        "trajectory_steps": steps,
+        "trajectory_last20_rel_diff": float(abs(curves[1][-20:].mean() / curves[0][-20:].mean() - 1)),
+    }
+
+
+def _sampler(codec: MimiCodec, preset: Preset, data: Path, workdir: Path, device) -> CropSampler:
+    files = select_utterances(discover_audio(data), preset.max_utterances)
+    train_files, _ = split_by_speaker(files, seed=0)
+    cache = build_feature_cache(
+        files, codec, workdir / "cache", min_seconds=preset.crop_seconds, device=str(device)
+    )
+    crop = round(preset.crop_seconds * codec.frame_rate)
+    return CropSampler(cache, cache.ids_for(train_files), crop, preset.batch_size, seed=0)
+
+
+def _trainer(codec: MimiCodec, preset: Preset, device, settings: StepSettings) -> VAETrainer:
+    torch.manual_seed(0)
+    if settings.compile:
+        torch._dynamo.reset()
+    vae = BetaVAE(TrialParams.from_config({}, preset).vae_config(preset), copy.deepcopy(codec.decoder))
+    return VAETrainer(vae, device, settings)
+
+
+def _timed_steps(trainer: VAETrainer, sampler: CropSampler, steps: int, sync: bool, device) -> float:
+    """Seconds for `steps` steps, syncing every step (`sync`) or every FLUSH_EVERY as the trainable does."""
+    _synchronise(device)
+    started, rows = time.perf_counter(), []
+    for _ in range(steps):
+        batch = sampler.batch(trainer.step)
+        if sync:
+            trainer.train_step(batch)
+            continue
+        rows.append(trainer.train_step_async(batch))
+        if len(rows) == FLUSH_EVERY:
+            torch.stack(rows).cpu()
+            rows = []
+    if rows:
+        torch.stack(rows).cpu()
+    _synchronise(device)
+    return time.perf_counter() - started
+
+
+def _synchronise(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _free(device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+# ---------------------------------------------------------------- files and tables
+
+
+def _machine(device: torch.device) -> dict:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"device": name, "cpus": os.cpu_count(), "torch": torch.__version__}
+
+
+def _load(path: Path, machine: dict) -> dict:
+    """Earlier results from the same kind of device, else a fresh record."""
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("machine", {}).get("device") == machine["device"]:
+            return {**old, "machine": machine, "updated": time.strftime("%Y-%m-%d %H:%M:%S")}
+        log.warning("%s holds results of %s; starting a new record for %s", path, old.get("machine"), machine)
+    return {"machine": machine, "updated": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _bundled_corpus(workdir: Path) -> Path:
+    folder = workdir / "speech"
+    if not folder.exists():
+        write_corpus(folder)
+    return folder
+
+
+def markdown(results: dict) -> str:
+    """Every part in `results` as markdown tables (pandas)."""
+    m = results["machine"]
+    out = [f"# sweep.bench on {m['device']} ({m['cpus']} CPUs, torch {m['torch']}), {results['updated']}"]
+    if "step" in results:
+        s = results["step"]
+        steps = pd.DataFrame(s["variants"])
+        eager = steps.loc[steps["variant"] == "eager", "steps_per_s"].iloc[0]
+        steps["vs eager"] = steps["steps_per_s"] / eager
+        a = s["agreement"]
+        out += [
+            f"\n## One trial: batch {s['batch']} x {s['crop_seconds']:g} s, codec {s['codec']}\n",
+            _table(
+                steps,
+                {
+                    "variant": "step variant",
+                    "steps_per_s": "VAE steps/s",
+                    "vs eager": "vs eager",
+                    "warmup_s": "warm-up s",
+                    "peak_gib": "peak GPU GiB",
+                },
+            ),  # fmt: skip
+            f"\nFast vs eager, one step from the same weights, batch and noise: loss terms max. rel. error "
+            f"{a['loss_terms_max_rel_err']:.1e}, gradient rel. error {a['grad_rel_err']:.1e}; after "
+            f"{a['trajectory_steps']} steps the mean loss of the last 20 differs by "
+            f"{100 * a['trajectory_last20_rel_diff']:.2f} %.",
+        ]
+    if "battery" in results:
+        b = results["battery"]
+        seconds = b["frames_per_utterance"] / 12.5
+        out.append(
+            f"\n## Battery at scale: {b['utterances']} utterances x {seconds:g} s, D = {b['dim']}: "
+            f"{b['seconds_total']:.1f} s (fit {b['seconds_by_phase']['fit']:.1f} s)"
+        )
+    if results.get("tune"):
+        tune = pd.DataFrame(
+            [
+                {**e, "mps": "on" if e["mps"] else "off", "peak": e["trial"]["gpu_peak_gib"]}
+                for e in results["tune"]
+            ]
+        )
+        out += [
+            "\n## N trials sharing one GPU, through Ray Tune\n",
+            _table(
+                tune,
+                {
+                    "trials": "trials",
+                    "gpu_per_trial": "GPU each",
+                    "mps": "MPS",
+                    "aggregate_steps_per_s": "aggregate steps/s",
+                    "per_trial_steps_per_s": "per trial",
+                    "window_s": "window s",
+                    "peak": "peak GiB/trial",
+                },
+            ),  # fmt: skip
+        ]
+    if results.get("overhead"):
+        rows = [
+            {"trials": r["trials"], "MPS": "on" if r["mps"] else "off", "training s": r["train_s"],
+             **r["outside_s"], "outside s": r["outside_total_s"], "share %": 100 * r["fraction"]}
+            for r in results["overhead"]
+        ]  # fmt: skip
+        out += ["\n## Outside training, per 10k-step trial (seconds)\n", _table(pd.DataFrame(rows))]
+    return "\n".join(out)
+
+
+def _table(frame: pd.DataFrame, columns: dict[str, str] | None = None) -> str:
+    if columns:
+        frame = frame[list(columns)].rename(columns=columns)
+    return frame.to_markdown(index=False, floatfmt=".1f")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
