@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.mdn import MDN, FitConfig, fit_mdn, gather, valid_starts
+from models.mdn import MDN, FitConfig, fit_mdn, fit_mdns, gather, valid_starts
 
 INJECTION_MODES = ("A_teacher", "B_noise", "C_last", "D_rollout")
 INJECTION_METRICS = ("cos", "state_err", "state_err_rel", "dnll")
@@ -113,18 +113,19 @@ def run_battery(
 
 
 def fit_models(frames: torch.Tensor, lengths: list[int], dim: int, config: BatteryConfig):
-    """p0 and one MDN per horizon, each trained with teacher forcing on (T, D) float32 frames."""
+    """p0 and one MDN per horizon, each trained with teacher forcing on (T, D) float32 frames
+    (the horizons' MDNs side by side: fit_mdns)."""
     torch.manual_seed(config.seed)
     fit = config.fit_config()
     models, info = {}, {}
     p0 = MDN(dim, context=0, components=config.components).to(frames.device)
     info["p0"] = fit_mdn(p0, frames, valid_starts(lengths, 0, 0, frames.device), 0, fit)
     models["p0"] = p0
-    for h in config.horizons:
-        mdn = MDN(dim, config.context, config.components, config.hidden).to(frames.device)
-        starts = valid_starts(lengths, config.context, h, frames.device)
-        info[f"h{h}"] = fit_mdn(mdn, frames, starts, h, fit)
-        models[f"h{h}"] = mdn
+    horizons = list(config.horizons)
+    mdns = [MDN(dim, config.context, config.components, config.hidden).to(frames.device) for _ in horizons]
+    starts = [valid_starts(lengths, config.context, h, frames.device) for h in horizons]
+    for h, mdn, result in zip(horizons, mdns, fit_mdns(mdns, frames, starts, horizons, fit), strict=True):
+        info[f"h{h}"], models[f"h{h}"] = result, mdn
     return models, info
 
 

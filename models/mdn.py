@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.func import functional_call, vmap
 
 LOG_SCALE_RANGE = (-9.0, 3.0)  # in standardised units: std between 1.2e-4 and 20 data stds
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -76,6 +77,10 @@ class MDN(nn.Module):
             means * self.scale + self.loc,
             log_scales + self.scale.log(),
         )
+
+    def forward(self, contexts: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The NLL (what torch.func.functional_call calls when fitting models together)."""
+        return self.nll(contexts, targets)
 
     def nll(self, contexts: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """(N, W, D), (N, D) -> (N,) negative log-density of targets, nats per frame (sum over D)."""
@@ -148,41 +153,107 @@ def fit_mdn(model: MDN, frames: torch.Tensor, starts: torch.Tensor, horizon: int
     is not a shuffled copy of the training windows). Restores the best held-out weights.
     Returns {"steps", "best_holdout_nll", "train_nll"}.
     """
-    if len(starts) < 2:
-        raise ValueError(f"need at least 2 training windows to fit an MDN, got {len(starts)}.")
-    model.set_standardisation(frames)
-    n_hold = max(1, int(len(starts) * config.holdout_fraction))
-    train, hold = starts[:-n_hold], starts[-n_hold:]
-    generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    best, best_state, bad, step, loss = (
-        math.inf,
-        copy.deepcopy(model.state_dict()),
-        0,
-        0,
-        torch.tensor(math.nan),
+    return fit_mdns([model], frames, [starts], [horizon], config)[0]
+
+
+def fit_mdns(
+    models: list[MDN],
+    frames: torch.Tensor,
+    starts: list[torch.Tensor],
+    horizons: list[int],
+    config: FitConfig,
+) -> list[dict]:
+    """`fit_mdn` for several models of one architecture at once, each on its own windows and horizon,
+    with its own held-out slice, early stopping and step-size halving, as if fitted alone; but each
+    training step is one batched forward and backward (torch.func.vmap) for all of them. On a GPU the
+    fits are launch-bound (small MLPs), so the battery's four horizons cost about what one did."""
+    for s in starts:
+        if len(s) < 2:
+            raise ValueError(f"need at least 2 training windows to fit an MDN, got {len(s)}.")
+    for model in models:
+        model.set_standardisation(frames)
+        model.train()
+    splits = [_split(s, config.holdout_fraction) for s in starts]
+    fused = {"fused": True} if frames.is_cuda else {}
+    optimizer = torch.optim.AdamW(
+        [{"params": list(m.parameters())} for m in models],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        **fused,
     )
-    model.train()
+    picks = _minibatch_starts(splits, config)  # (K, steps, batch) global window ends, drawn up front
+    offsets = torch.arange(-models[0].context + 1, 1, device=frames.device)
+    ahead = torch.tensor(horizons, device=frames.device)[:, None]  # (K, 1)
+    batched_nll = _batched_nll(models)
+    best = [math.inf] * len(models)
+    best_state = [copy.deepcopy(m.state_dict()) for m in models]
+    bad, stopped_at = [0] * len(models), [None] * len(models)
     for step in range(1, config.steps + 1):
-        pick = torch.randint(len(train), (min(config.batch_size, len(train)),), generator=generator)
-        contexts, targets = gather(frames, train[pick.to(train.device)], model.context, horizon)
-        loss = model.nll(contexts, targets).mean()
+        t = picks[:, step - 1]  # (K, batch)
+        losses = batched_nll(frames[t[..., None] + offsets], frames[t + ahead]).mean(dim=1)  # (K,)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses.sum().backward()  # model k's parameters get exactly the gradient of losses[k]
         optimizer.step()
-        if step % config.eval_every == 0 or step == config.steps:
-            held = _mean_nll(model, frames, hold, horizon)
-            if held < best - 1e-4:
-                best, best_state, bad = held, copy.deepcopy(model.state_dict()), 0
-            else:  # plateau: halve the step size, and stop after `patience` evaluations without progress
-                bad += 1
-                if bad >= config.patience:
-                    break
-                for group in optimizer.param_groups:
-                    group["lr"] *= 0.5
-    model.load_state_dict(best_state)
-    model.eval()
-    return {"steps": step, "best_holdout_nll": best, "train_nll": loss.item()}
+        if step % config.eval_every and step != config.steps:
+            continue
+        for k, (model, group) in enumerate(zip(models, optimizer.param_groups, strict=True)):
+            if stopped_at[k] is not None:
+                continue
+            held = _mean_nll(model, frames, splits[k][1], horizons[k])
+            if held < best[k] - 1e-4:
+                best[k], best_state[k], bad[k] = held, copy.deepcopy(model.state_dict()), 0
+                continue
+            bad[k] += (
+                1  # plateau: halve the step size, and stop after `patience` evaluations without progress
+            )
+            group["lr"] *= 0.5
+            if bad[k] >= config.patience:
+                stopped_at[k], group["lr"] = step, 0.0  # lr 0: AdamW leaves the weights as they are
+        if all(s is not None for s in stopped_at):
+            break
+    for model, state in zip(models, best_state, strict=True):
+        model.load_state_dict(state)
+        model.eval()
+    return [
+        {"steps": stopped_at[k] or step, "best_holdout_nll": best[k], "train_nll": float(losses[k])}
+        for k in range(len(models))
+    ]
+
+
+def _split(starts: torch.Tensor, holdout_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    n_hold = max(1, int(len(starts) * holdout_fraction))
+    return starts[:-n_hold], starts[-n_hold:]
+
+
+def _minibatch_starts(splits, config: FitConfig) -> torch.Tensor:
+    """(K, steps, batch): each model's minibatches from a CPU generator seeded with config.seed."""
+    batch = min(config.batch_size, *(len(train) for train, _ in splits))
+    picks = []
+    for train, _ in splits:
+        generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        index = torch.randint(len(train), (config.steps, batch), generator=generator)
+        picks.append(train[index.to(train.device)])
+    return torch.stack(picks)
+
+
+def _batched_nll(models: list[MDN]):
+    """(K, N, W, D) contexts, (K, N, D) targets -> (K, N) NLLs, model k on slice k, in one vmap call.
+    Parameters are stacked afresh at each call, so gradients flow to each model's own parameters."""
+    template = copy.deepcopy(models[0]).to("meta")
+    names = [name for name, _ in models[0].named_parameters()]
+    buffers = {
+        name: torch.stack([dict(m.named_buffers())[name] for m in models])
+        for name, _ in models[0].named_buffers()
+    }
+
+    def one(params, bufs, contexts, targets):
+        return functional_call(template, (params, bufs), (contexts, targets))
+
+    def nll(contexts: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        params = {n: torch.stack([dict(m.named_parameters())[n] for m in models]) for n in names}
+        return vmap(one)(params, buffers, contexts, targets)
+
+    return nll
 
 
 @torch.no_grad()

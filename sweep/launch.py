@@ -247,7 +247,12 @@ def make_plan(args: argparse.Namespace, workdir: Path) -> SweepPlan:
         raise UsageError(f"--steps must be >= 1, got {args.steps}.")
     preset = PRESETS[preset_name].with_overrides(steps=args.steps, scheduler=args.scheduler)
     fixed = _parse_sets(args.set, space)
-    search = args.search or "optuna"
+    search = args.search or ("optuna" if spaces.space_params(space) else "grid")
+    if search == "optuna" and not spaces.space_params(space):
+        raise UsageError(
+            f"the {space} space varies nothing for Optuna to search: run it with --search grid "
+            "--num-samples N (N repeats of the seed's configuration)."
+        )
     num_samples = args.num_samples or (1 if search == "grid" else preset.num_samples)
     if num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {num_samples}.")
@@ -462,7 +467,8 @@ def describe(plan: SweepPlan, cpus: int, gpus: int) -> str:
     at_once = max(0, min(*slots, plan.trial_count))
     lines = [
         f"sweep {plan.experiment}",
-        f"  space       {plan.space}: " + "; ".join(p.describe() for p in params),
+        f"  space       {plan.space}: "
+        + ("; ".join(p.describe() for p in params) or "the seed's configuration, nothing varied"),
         f"  search      {plan.search}: "
         + (
             f"{plan.trial_count} trials of the exact grid"

@@ -78,19 +78,19 @@ def ar_losses(search: str) -> dict:
 
 
 SPACES: dict[str, Callable[[str], dict]] = {
-    "baseline": baseline,
     "beta_dim": beta_dim,
     "beta_dim_steps": beta_dim_steps,
     "steps": steps,
     "ar_losses": ar_losses,
+    "baseline": baseline,
 }
 PARAMS = {p.name: p for p in (BETA, DIM, STEPS, LAMBDA_SMOOTH, LAMBDA_PRED)}
 _SPACE_PARAMS = {
-    "baseline": (),
     "beta_dim": (BETA, DIM),
     "beta_dim_steps": (BETA, DIM, STEPS),
     "steps": (STEPS,),
     "ar_losses": (LAMBDA_SMOOTH, LAMBDA_PRED),
+    "baseline": (),
 }
 
 
