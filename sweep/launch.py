@@ -39,8 +39,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 OPTUNA_STORE = "optuna.db"
 COMPILE_CHOICES = ("auto", "on", "off")
 COMPILE_MIN_STEPS = 2000  # below this a compiled step's warm-up (~0.5-1 min) is not repaid
-TRIALS_PER_GPU = 8  # the packing --gpus-per-trial auto aims at (sweep.bench: most steps/s per GPU)
-TRIAL_GPU_MEMORY_GIB = 8  # a paper trial's peak GPU memory with headroom (sweep.bench measures it)
+TRIALS_PER_GPU = 4  # the default packing: most steps/s per GPU in sweep.bench (H200: 178 with MPS)
+TRIAL_GPU_MEMORY_GIB = 4  # a paper trial: peak 1.1-1.3 GiB allocated (sweep.bench), + context, headroom
 
 
 class UsageError(ValueError):
@@ -106,6 +106,23 @@ class SweepPlan:
             spaces.PARAMS["steps"].values if "steps" in self.varied else (self.fixed.get("steps", 10_000),)
         )
         return max(TrialParams.from_config({"steps": s}, self.preset).train_steps for s in step_values)
+
+    def trials_at_once(self, cpus: int, gpus: int) -> int:
+        """How many trials Ray can run at a time with `cpus` and `gpus`."""
+        slots = [math.floor(cpus / self.cpus_per_trial)]
+        if self.gpus_per_trial > 0:
+            slots.append(math.floor(gpus / self.gpus_per_trial + 1e-9))
+        if self.max_concurrent:
+            slots.append(self.max_concurrent)
+        return max(0, min(*slots, self.trial_count))
+
+    def trial_steps(self) -> list[int]:
+        """Each trial's VAE steps, in the order a grid runs them (Optuna: the step values in turn)."""
+        values = (
+            spaces.PARAMS["steps"].values if "steps" in self.varied else (self.fixed.get("steps", 10_000),)
+        )
+        steps = [TrialParams.from_config({"steps": v}, self.preset).train_steps for v in values]
+        return [steps[i % len(steps)] for i in range(self.trial_count)]
 
     def save(self) -> None:
         storage.write_text(storage.join(self.experiment_dir, PLAN_FILE), json.dumps(asdict(self), indent=2))
@@ -226,7 +243,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "anything else prints a warning; prefer an ssh tunnel",
     )
     p.add_argument(
-        "--dry-run", action="store_true", help="print the trial plan and resource arithmetic; run nothing"
+        "--dry-run",
+        action="store_true",
+        help="print the trial plan, the resource arithmetic and (on a GPU) the projected wall time; "
+        "run nothing",
+    )
+    p.add_argument(
+        "--bench-file",
+        default="sweep-bench/bench.json",
+        help="the rates --dry-run projects from (written by python -m sweep.bench; default %(default)s)",
     )
     return p.parse_args(argv)
 
@@ -459,12 +484,7 @@ def describe(plan: SweepPlan, cpus: int, gpus: int) -> str:
     preset = plan.preset
     params = spaces.space_params(plan.space)
     per_space = TrialParams.from_config({}, preset).train_steps
-    slots = [math.floor(cpus / plan.cpus_per_trial)]
-    if plan.gpus_per_trial > 0:
-        slots.append(math.floor(gpus / plan.gpus_per_trial + 1e-9))
-    if plan.max_concurrent:
-        slots.append(plan.max_concurrent)
-    at_once = max(0, min(*slots, plan.trial_count))
+    at_once = plan.trials_at_once(cpus, gpus)
     lines = [
         f"sweep {plan.experiment}",
         f"  space       {plan.space}: "
@@ -505,6 +525,40 @@ def describe(plan: SweepPlan, cpus: int, gpus: int) -> str:
     return "\n".join(lines)
 
 
+def projection(plan: SweepPlan, cpus: int, gpus: int, bench_file: Path, device_name: str | None) -> str:
+    """The sweep's wall time from the rates sweep.bench measured on this kind of GPU (--dry-run)."""
+    from sweep.throughput import project_sweep
+
+    head = "  projection  "
+    if plan.gpus_per_trial == 0 or not gpus:
+        return head + "for GPU sweeps only (python -m sweep.bench measures a GPU's rates)"
+    if not bench_file.is_file():
+        return head + f"no measured rates in {bench_file}: run `python -m sweep.bench` here (~12 min) first"
+    bench = json.loads(bench_file.read_text())
+    measured = [e for e in bench.get("tune", []) if e["mps"] == plan.mps]
+    if not measured:
+        return (
+            head + f"{bench_file} has no runs with MPS {'on' if plan.mps else 'off'}: sweep.bench --mps ..."
+        )
+    per_gpu = max(1, round(1 / plan.gpus_per_trial))
+    # Trials spread over the GPUs: k running trials are k / gpus per GPU, each GPU at its measured rate.
+    rates = {e["trials"] * gpus: e["aggregate_steps_per_s"] * gpus for e in measured}
+    nearest = min(measured, key=lambda e: abs(e["trials"] - per_gpu))
+    overheads = {r["trials"]: r["outside_total_s"] for r in bench.get("overhead", []) if r["mps"] == plan.mps}
+    overhead = overheads.get(nearest["trials"], 0.0)
+    slots = plan.trials_at_once(cpus, gpus)
+    seconds = project_sweep(plan.trial_steps(), slots, rates, overhead)
+    where = bench["machine"]["device"]
+    caveat = "" if where == device_name else f" (measured on {where}, this is {device_name}: a rough guide)"
+    together = nearest["aggregate_steps_per_s"] * gpus
+    return (
+        f"{head}about {seconds / 3600:.1f} h ({seconds / 60:.0f} min) for {plan.trial_count} trials, "
+        f"{slots} at a time: {together:.0f} VAE steps/s together at {nearest['trials']} trials/GPU, "
+        f"{overhead:.0f} s outside training per trial; no early stopping counted (ASHA shortens it).\n"
+        f"{'':14s}From {bench_file} ({where}, {bench.get('updated', '?')}){caveat}"
+    )
+
+
 def _rungs(first: int, last: int) -> str:
     from sweep.trainable import rung_steps
 
@@ -531,7 +585,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             import torch
 
-            print(describe(plan, os.cpu_count() or 1, torch.cuda.device_count()))
+            cpus, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+            print(describe(plan, cpus, gpus))
+            name = torch.cuda.get_device_name(0) if gpus else None
+            print(projection(plan, cpus, gpus, Path(args.bench_file).resolve(), name))
             print("dry run: nothing was started.")
             return 0
         from sweep.service import run_sweep

@@ -114,6 +114,9 @@ def test_tables_rebuilt_from_flat_metrics():
         (["--space", "beta_dim", "--steps", "0"], "--steps must be >= 1"),
         (["--resume", "gone"], "no such experiment"),
         ([], "say which space"),
+        (["--space", "beta_dim", "--mps"], "--mps needs a GPU"),
+        (["--space", "beta_dim", "--mps", "--address", "10.0.0.1:6379"], "Start MPS on each node yourself"),
+        (["--space", "baseline", "--search", "optuna"], "varies nothing for Optuna to search"),
     ],
 )
 def test_bad_input_is_explained_before_any_compute(argv, message, tmp_path, monkeypatch, capsys):

@@ -1,0 +1,50 @@
+"""sweep.bench's CPU path end to end: every part runs and the JSON and tables say what was measured.
+(On a GPU the same code measured the figures in the README; CI has no GPU.)"""
+
+import json
+
+import pytest
+
+from sweep import bench
+
+
+def test_bench_runs_every_part_on_the_cpu_and_writes_json(corpus_dir, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = [
+        "--device", "cpu", "--codec", "random:reduced", "--preset", "tiny", "--data", str(corpus_dir),
+        "--trials", "2", "--tune-steps", "8", "--step-steps", "3", "--warmup-steps", "1",
+        "--agreement-steps", "3", "--battery-utterances", "20", "--battery-seconds", "4",
+        "--battery-hidden", "16", "--battery-steps", "20",
+        "--workdir", str(tmp_path / "work"), "--out", str(out),
+    ]  # fmt: skip
+    assert bench.main(argv) == 0
+    results = json.loads(out.read_text())
+    assert results["machine"]["device"] == "cpu"
+    variants = {v["variant"]: v for v in results["step"]["variants"]}
+    assert set(variants) == {"eager, host sync every step", "eager"}
+    assert all(v["steps_per_s"] > 0 for v in variants.values())
+    agreement = results["step"]["agreement"]  # on the CPU the fast settings are the eager ones
+    assert agreement["loss_terms_max_rel_err"] == 0 and agreement["grad_rel_err"] == 0
+    assert results["battery"]["utterances"] == 20 and results["battery"]["seconds_total"] > 0
+    (tune,) = results["tune"]
+    assert tune["trials"] == 2 and tune["mps"] is False and tune["steps"] == 8
+    assert tune["aggregate_steps_per_s"] == pytest.approx(sum([tune["per_trial_steps_per_s"]] * 2), rel=0.5)
+    assert tune["trial"]["train_s"] > 0 and tune["trial"]["evaluation_s"] > 0
+    (overhead,) = results["overhead"]
+    assert (
+        0 < overhead["fraction"] < 1
+        and overhead["outside_s"]["battery"] == results["battery"]["seconds_total"]
+    )
+    printed = capsys.readouterr().out
+    for heading in (
+        "## One trial",
+        "## Battery at scale",
+        "## N trials sharing one GPU",
+        "## Outside training",
+    ):
+        assert heading in printed
+
+    # a rerun of one part keeps the others and replaces its own entry
+    assert bench.main([*argv, "--parts", "battery", "--battery-utterances", "24"]) == 0
+    again = json.loads(out.read_text())
+    assert again["battery"]["utterances"] == 24 and again["tune"] == results["tune"]

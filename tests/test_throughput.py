@@ -1,0 +1,68 @@
+"""The arithmetic behind sweep.bench and the --dry-run projection, and the speed settings of a plan."""
+
+import dataclasses
+import json
+
+import pytest
+
+from sweep.launch import make_plan, parse_args, projection
+from sweep.throughput import aggregate_rate, overhead_fraction, project_sweep, rate_at
+
+
+def test_aggregate_rate_sums_the_trials_over_their_common_window():
+    # trial a: 10 steps/s from t=0; trial b: 20 steps/s from t=2 (started later); both report to t=12
+    a = [(t, 10 * t) for t in range(0, 13, 2)]
+    b = [(t, 20 * (t - 2)) for t in range(2, 13, 2)]
+    rate = aggregate_rate([a, b])
+    assert rate["window_s"] == 10  # from b's first report to the first last report
+    assert rate["per_trial"] == pytest.approx([10, 20]) and rate["aggregate"] == pytest.approx(30)
+
+
+def test_aggregate_rate_refuses_trials_that_never_ran_together():
+    with pytest.raises(ValueError, match="do not overlap"):
+        aggregate_rate([[(0, 0), (1, 10)], [(5, 0), (6, 10)]])
+
+
+def test_projection_closed_forms():
+    # one slot: trials back to back, each steps / rate + overhead
+    assert project_sweep([100, 300], slots=1, rates={1: 10.0}, overhead_s=5) == pytest.approx(10 + 5 + 30 + 5)
+    # two slots, the GPU's 30 steps/s shared: both 300-step trials end together at 20 s
+    assert project_sweep([300, 300], slots=2, rates={1: 20.0, 2: 30.0}, overhead_s=0) == pytest.approx(20)
+    # 100 + 300 steps: at 15 steps/s each until the short one ends (100/15 s), then 200 steps alone at 20
+    assert project_sweep([100, 300], 2, {1: 20.0, 2: 30.0}, 0) == pytest.approx(100 / 15 + 200 / 20)
+    assert rate_at({1: 10.0, 4: 40.0}, 2) == pytest.approx(20.0) and rate_at({1: 10.0, 4: 40.0}, 9) == 40.0
+    assert overhead_fraction(10, 900, 10.0) == pytest.approx(0.1)
+
+
+def test_compile_auto_is_for_long_gpu_trials(corpus_dir, tmp_path):
+    argv = ["--space", "steps", "--data", str(corpus_dir), "--preset", "paper"]
+    cpu = make_plan(parse_args(argv), tmp_path)
+    assert cpu.gpus_per_trial == 0 and not cpu.compiled  # no GPU here
+    assert dataclasses.replace(cpu, gpus_per_trial=0.25).compiled  # paper steps on a GPU
+    assert not dataclasses.replace(cpu, gpus_per_trial=0.25, compile="off").compiled
+    short = make_plan(parse_args([*argv, "--steps", "300"]), tmp_path)  # longest trial 1500 steps
+    assert not dataclasses.replace(short, gpus_per_trial=0.25).compiled  # warm-up not repaid
+    assert make_plan(parse_args([*argv, "--compile", "on"]), tmp_path).compiled
+
+
+def test_dry_run_projects_the_grid_from_measured_rates(corpus_dir, tmp_path):
+    argv = ["--space", "beta_dim_steps", "--search", "grid", "--data", str(corpus_dir), "--preset", "paper"]
+    plan = dataclasses.replace(make_plan(parse_args(argv), tmp_path), gpus_per_trial=0.25, cpus_per_trial=3)
+    assert plan.trial_steps() == [10_000, 50_000] * 16
+    bench = tmp_path / "bench.json"
+    assert "run `python -m sweep.bench`" in projection(plan, 16, 1, bench, "NVIDIA H200")
+    bench.write_text(json.dumps({
+        "machine": {"device": "NVIDIA H200"}, "updated": "today",
+        "tune": [{"trials": 1, "mps": False, "aggregate_steps_per_s": 100.0},
+                 {"trials": 4, "mps": False, "aggregate_steps_per_s": 160.0}],
+        "overhead": [{"trials": 4, "mps": False, "outside_total_s": 60.0}],
+    }))  # fmt: skip
+    text = projection(plan, 16, 1, bench, "NVIDIA H200")
+    expected = project_sweep([10_000, 50_000] * 16, 4, {1: 100.0, 4: 160.0}, 60.0)
+    assert f"about {expected / 3600:.1f} h ({expected / 60:.0f} min) for 32 trials, 4 at a time" in text
+    assert "160 VAE steps/s together at 4 trials/GPU, 60 s outside training" in text
+    assert "rough guide" in projection(plan, 16, 1, bench, "NVIDIA A10G")
+    assert "no runs with MPS on" in projection(
+        dataclasses.replace(plan, mps=True), 16, 1, bench, "NVIDIA H200"
+    )
+    assert "for GPU sweeps only" in projection(plan, 16, 0, bench, None)
