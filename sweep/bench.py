@@ -412,7 +412,13 @@ def markdown(results: dict) -> str:
     if results.get("tune"):
         tune = pd.DataFrame(
             [
-                {**e, "mps": "on" if e["mps"] else "off", "peak": e["trial"]["gpu_peak_gib"]}
+                {
+                    **e,
+                    "gpu": f"1/{e['trials']}" if e["gpu_per_trial"] else "0",
+                    "mps": "on" if e["mps"] else "off",
+                    "peak": e["trial"]["gpu_peak_gib"],
+                    "warmup": e["trial"]["warmup_s"],
+                }  # fmt: skip
                 for e in results["tune"]
             ]
         )
@@ -422,11 +428,12 @@ def markdown(results: dict) -> str:
                 tune,
                 {
                     "trials": "trials",
-                    "gpu_per_trial": "GPU each",
+                    "gpu": "GPU each",
                     "mps": "MPS",
                     "aggregate_steps_per_s": "aggregate steps/s",
                     "per_trial_steps_per_s": "per trial",
                     "window_s": "window s",
+                    "warmup": "warm-up s",
                     "peak": "peak GiB/trial",
                 },
             ),  # fmt: skip
