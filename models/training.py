@@ -13,11 +13,11 @@ predictor is not even built), so a zero weight means exactly zero influence on t
 L_smooth and L_pred act on the posterior means mu: the latents the diagnostics model.
 
 Speed (issue 7, measured by `python -m sweep.bench`): a batch-4 step leaves a GPU mostly idle and
-its time goes to launching ~2000 small kernels. `StepSettings` turns on what pays there:
+its time goes to launching many small kernels. `StepSettings` turns on what pays there:
 torch.compile of forward + loss in "reduce-overhead" mode (fused elementwise kernels, the forward
 and backward replayed as CUDA graphs), AdamW's fused kernel, and a step that never waits for the
 GPU (`train_step_async`; audio goes to the GPU from pinned memory). They compute the same function:
-tests/test_training.py and the benchmark compare them with the eager step.
+tests/test_vae.py and the benchmark compare them with the eager step.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ class StepSettings:
 
     @classmethod
     def fastest(cls, device: torch.device | str) -> StepSettings:
-        """Everything that pays on `device`: all of it on CUDA, nothing on the CPU (compiling the
-        codec's decoder costs minutes on a few cores and gains little there)."""
+        """Everything that pays on `device`: all of it on CUDA, nothing on the CPU (compiling even the
+        reduced codec's decoder took 60 s on 2 cores, longer than a smoke trial's training)."""
         cuda = torch.device(device).type == "cuda"
         return cls(compile=cuda, fused_optimizer=cuda)
 
