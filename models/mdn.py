@@ -215,7 +215,7 @@ def fit_mdns(
         model.load_state_dict(state)
         model.eval()
     return [
-        {"steps": stopped_at[k] or step, "best_holdout_nll": best[k], "train_nll": float(losses[k])}
+        {"steps": stopped_at[k] or step, "best_holdout_nll": best[k], "train_nll": float(losses[k].detach())}
         for k in range(len(models))
     ]
 

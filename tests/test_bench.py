@@ -12,7 +12,9 @@ def test_bench_runs_every_part_on_the_cpu_and_writes_json(corpus_dir, tmp_path, 
     out = tmp_path / "bench.json"
     argv = [
         "--device", "cpu", "--codec", "random:reduced", "--preset", "tiny", "--data", str(corpus_dir),
-        "--trials", "2", "--tune-steps", "8", "--step-steps", "3", "--warmup-steps", "1",
+        # 40 steps (~7 s on 2 cores): long enough that the two trials' training overlaps despite
+        # their staggered starts (8 steps did not, once: the aggregate needs a common window)
+        "--trials", "2", "--tune-steps", "40", "--step-steps", "3", "--warmup-steps", "1",
         "--agreement-steps", "3", "--battery-utterances", "20", "--battery-seconds", "4",
         "--battery-hidden", "16", "--battery-steps", "20",
         "--workdir", str(tmp_path / "work"), "--out", str(out),
@@ -27,7 +29,7 @@ def test_bench_runs_every_part_on_the_cpu_and_writes_json(corpus_dir, tmp_path, 
     assert agreement["loss_terms_max_rel_err"] == 0 and agreement["grad_rel_err"] == 0
     assert results["battery"]["utterances"] == 20 and results["battery"]["seconds_total"] > 0
     (tune,) = results["tune"]
-    assert tune["trials"] == 2 and tune["mps"] is False and tune["steps"] == 8
+    assert tune["trials"] == 2 and tune["mps"] is False and tune["steps"] == 40
     assert tune["aggregate_steps_per_s"] == pytest.approx(sum([tune["per_trial_steps_per_s"]] * 2), rel=0.5)
     assert tune["trial"]["train_s"] > 0 and tune["trial"]["evaluation_s"] > 0
     (overhead,) = results["overhead"]
