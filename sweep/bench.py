@@ -55,7 +55,6 @@ from sweep.trainable import STATUS, WALL
 
 log = logging.getLogger("sweep.bench")
 
-BENCH_FILE = Path("sweep-bench") / "bench.json"
 PARTS = ("tune", "step", "battery")
 MPS_CHOICES = {"off": (False,), "on": (True,), "both": (False, True)}
 FLUSH_EVERY = 50  # steps between host syncs, as the trainable's reports (paper preset)
@@ -85,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--agreement-steps", type=int, default=100 if cuda else 4, help="step: fast vs eager")
     p.add_argument("--battery-seconds", type=float, default=12.0, help="battery: seconds per utterance")
     p.add_argument("--workdir", default="sweep-bench/work", help="corpus, cache, Tune and MLflow stores")
-    p.add_argument("--out", default=str(BENCH_FILE), help="the JSON file results accumulate in")
+    p.add_argument("--out", default=str(throughput.BENCH_FILE), help="the JSON file results accumulate in")
     args = p.parse_args(argv)
     unknown = set(args.parts.split(",")) - set(PARTS)
     if unknown:

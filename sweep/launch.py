@@ -30,6 +30,7 @@ from pathlib import Path
 from sweep import spaces, storage
 from sweep.config import PRESETS, SCHEDULERS, Preset, TrialParams
 from sweep.objective import OBJECTIVES, SCHEDULER_METRIC
+from sweep.throughput import BENCH_FILE
 
 log = logging.getLogger("sweep.launch")
 
@@ -251,7 +252,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--bench-file",
-        default="sweep-bench/bench.json",
+        default=str(BENCH_FILE),
         help="the rates --dry-run projects from (written by python -m sweep.bench; default %(default)s)",
     )
     return p.parse_args(argv)

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+
+BENCH_FILE = Path("sweep-bench") / "bench.json"  # written by sweep.bench, read by --dry-run
 
 
 def aggregate_rate(series: Sequence[Sequence[tuple[float, int]]]) -> dict:
