@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 CONTROL = "nvidia-cuda-mps-control"
 PIPE_ENV, LOG_ENV = "CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"
+DISMISS = b"stopped\n"  # what the driver writes to its watchdog once it has stopped the daemon itself
 
 
 class MPSError(RuntimeError):
@@ -75,7 +76,7 @@ def mps_daemon(folder: Path, stop_timeout_s: float = 30.0) -> Iterator[dict[str,
         yield env
     finally:
         stop_daemon(env, stop_timeout_s)
-        watchdog.stdin.close()  # the watchdog sees EOF, finds the daemon gone, exits
+        _dismiss(watchdog)
 
 
 def stop_daemon(env: dict[str, str], timeout_s: float = 30.0) -> None:
@@ -131,9 +132,19 @@ def _start_watchdog(env: dict[str, str]) -> subprocess.Popen:
     )
 
 
+def _dismiss(watchdog: subprocess.Popen) -> None:
+    """The daemon was stopped here: tell the watchdog so, and let it go."""
+    with suppress(OSError):
+        watchdog.stdin.write(DISMISS)
+        watchdog.stdin.close()
+    with suppress(subprocess.TimeoutExpired):
+        watchdog.wait(timeout=5)
+
+
 def _watch(pipe: str, log_dir: str) -> None:
-    sys.stdin.read()  # returns at EOF: the driver closed the pipe or died
-    stop_daemon({PIPE_ENV: pipe, LOG_ENV: log_dir})
+    # read() returns at EOF: the driver closed the pipe (after DISMISS) or died (without it)
+    if sys.stdin.buffer.read() != DISMISS:
+        stop_daemon({PIPE_ENV: pipe, LOG_ENV: log_dir})
 
 
 if __name__ == "__main__":
