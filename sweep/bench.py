@@ -57,7 +57,6 @@ log = logging.getLogger("sweep.bench")
 
 PARTS = ("tune", "step", "battery")
 MPS_CHOICES = {"off": (False,), "on": (True,), "both": (False, True)}
-FLUSH_EVERY = 50  # steps between host syncs, as the trainable's reports (paper preset)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,15 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     results = _load(out, _machine(device))
     data = Path(args.data).resolve() if args.data else _bundled_corpus(workdir)
     parts = args.parts.split(",")
+    files = select_utterances(discover_audio(data), preset.max_utterances)
+    split = split_by_speaker(files, seed=0)  # (train, eval) as the sweeps split it
     if "tune" in parts:
         for mps in MPS_CHOICES[args.mps]:
             for n in (int(x) for x in args.trials.split(",")):
                 entry = _tune_run(args, device, data, workdir, n, mps)
+                entry["trial"]["eval_utterances"] = len(split[1])
                 same = [e for e in results.get("tune", []) if (e["trials"], e["mps"]) == (n, mps)]
                 results["tune"] = [e for e in results.get("tune", []) if e not in same] + [entry]
                 _save(out, results, preset)  # each measurement is kept, whatever happens next
     if "step" in parts:
-        results["step"] = bench_step(args, preset, device, data, workdir)
+        results["step"] = bench_step(args, preset, device, files, split[0], workdir)
         _save(out, results, preset)
     if "battery" in parts:
         hidden = (args.battery_hidden,) * 2
@@ -156,8 +158,6 @@ def _tune_run(args, device: torch.device, data: Path, workdir: Path, n: int, mps
         tail = "".join(logfile.read_text().splitlines(keepends=True)[-40:])
         raise RuntimeError(f"the sweep of {n} trial(s) failed (exit {code}); end of {logfile}:\n{tail}")
     entry = summarise_trials(trial_reports(workdir / "results" / experiment), args.tune_steps)
-    files = select_utterances(discover_audio(data), PRESETS[args.preset].max_utterances)
-    entry["trial"]["eval_utterances"] = len(split_by_speaker(files, seed=0)[1])
     return {
         "trials": n,
         "gpu_per_trial": gpus,
@@ -246,9 +246,9 @@ def overhead_table(results: dict, preset: Preset, steps: int = PAPER_STEPS) -> l
 # ---------------------------------------------------------------- step: one process, each variant
 
 
-def bench_step(args, preset: Preset, device: torch.device, data: Path, workdir: Path) -> dict:
+def bench_step(args, preset: Preset, device: torch.device, files, train_files, workdir: Path) -> dict:
     codec = MimiCodec.from_spec(CodecSpec.parse(args.codec)).to(device)
-    sampler = _sampler(codec, preset, data, workdir, device)
+    sampler = _sampler(codec, preset, files, train_files, workdir, device)
     variants = {"eager, host sync every step": (StepSettings(), True), "eager": (StepSettings(), False)}
     if device.type == "cuda":
         variants["eager + fused AdamW"] = (StepSettings(fused_optimizer=True), False)
@@ -256,8 +256,8 @@ def bench_step(args, preset: Preset, device: torch.device, data: Path, workdir: 
     rows = []
     for name, (settings, sync) in variants.items():
         trainer = _trainer(codec, preset, device, settings)
-        warmup = _timed_steps(trainer, sampler, args.warmup_steps, sync, device)
-        seconds = _timed_steps(trainer, sampler, args.step_steps, sync, device)
+        warmup = _timed_steps(trainer, sampler, args.warmup_steps, sync, preset.report_every, device)
+        seconds = _timed_steps(trainer, sampler, args.step_steps, sync, preset.report_every, device)
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
         rows.append({"variant": name, "steps_per_s": args.step_steps / seconds, "warmup_s": warmup,
                      "peak_gib": peak})  # fmt: skip
@@ -300,9 +300,7 @@ def compare_with_eager(
     }
 
 
-def _sampler(codec: MimiCodec, preset: Preset, data: Path, workdir: Path, device) -> CropSampler:
-    files = select_utterances(discover_audio(data), preset.max_utterances)
-    train_files, _ = split_by_speaker(files, seed=0)
+def _sampler(codec: MimiCodec, preset: Preset, files, train_files, workdir: Path, device) -> CropSampler:
     cache = build_feature_cache(
         files, codec, workdir / "cache", min_seconds=preset.crop_seconds, device=str(device)
     )
@@ -318,8 +316,11 @@ def _trainer(codec: MimiCodec, preset: Preset, device, settings: StepSettings) -
     return VAETrainer(vae, device, settings)
 
 
-def _timed_steps(trainer: VAETrainer, sampler: CropSampler, steps: int, sync: bool, device) -> float:
-    """Seconds for `steps` steps, syncing every step (`sync`) or every FLUSH_EVERY as the trainable does."""
+def _timed_steps(
+    trainer: VAETrainer, sampler: CropSampler, steps: int, sync: bool, every: int, device
+) -> float:
+    """Seconds for `steps` steps, syncing every step (`sync`) or every `every` (the preset's report
+    interval) as the trainable does."""
     _synchronise(device)
     started, rows = time.perf_counter(), []
     for _ in range(steps):
@@ -328,7 +329,7 @@ def _timed_steps(trainer: VAETrainer, sampler: CropSampler, steps: int, sync: bo
             trainer.train_step(batch)
             continue
         rows.append(trainer.train_step_async(batch))
-        if len(rows) == FLUSH_EVERY:
+        if len(rows) == every:
             torch.stack(rows).cpu()
             rows = []
     if rows:
