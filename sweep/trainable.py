@@ -81,6 +81,7 @@ def rung_steps(train_steps: int, first: int, factor: int = ASHA_REDUCTION) -> li
 
 
 def train_trial(config: dict, context: TrialContext) -> None:
+    entered = time.perf_counter()
     params = TrialParams.from_config({**context.fixed, **config}, context.preset, seed=context.seed)
     torch.manual_seed(params.seed)
     torch.set_num_threads(max(1, context.threads))
@@ -104,6 +105,7 @@ def train_trial(config: dict, context: TrialContext) -> None:
     sampler = CropSampler(cache, list(context.train_ids), crop_frames, preset.batch_size, seed=params.seed)
     rungs = set(rung_steps(params.train_steps, preset.probe_first)) if context.probes else set()
     window, clock = _Window(trainer.metric_names, trainer.step), _Clock()
+    clock.totals["setup"] = time.perf_counter() - entered  # codec, VAE, MLflow run, restore; not Ray's part
     curves = {}
     while trainer.step < params.train_steps:
         # No host sync inside a report interval: the CPU queues steps while the GPU runs them.
@@ -290,7 +292,8 @@ class _Window:
 
 
 class _Clock:
-    """Wall seconds per phase (train, probe, evaluation, logging), reported as time/<phase>."""
+    """Wall seconds per phase (setup, train, probe, evaluation, logging, checkpoint), reported as
+    time/<phase>."""
 
     def __init__(self):
         self.totals = defaultdict(float)
