@@ -120,7 +120,7 @@ def two_nodes(tmp_path):
 
 def test_two_node_sweep_survives_losing_a_node(two_nodes, tmp_path):
     address, second, second_id = two_nodes
-    args = ("--address", address, "--space", "beta_dim", "--steps", "80", "--num-samples", "4")
+    args = ("--address", address, "--space", "beta_dim", "--steps", "60", "--num-samples", "4")
     driver = launch(tmp_path, *args, "--experiment", "two-nodes", env=ENV)
     experiment = tmp_path / "sweep-results" / "two-nodes"
 
