@@ -233,11 +233,7 @@ def _load_pretrained(
 ) -> MimiModel:
     folder = Path(model).expanduser()
     if folder.exists():
-        if not (folder / "config.json").is_file():
-            raise CodecWeightsMissing(
-                f"codec folder {folder} has no config.json: it should hold a saved Mimi "
-                "(config.json and model.safetensors, e.g. from `hf download kyutai/mimi --local-dir DIR`)."
-            )
+        check_local_folder(folder)
         return MimiModel.from_pretrained(folder, local_files_only=True)
     try:
         return MimiModel.from_pretrained(model, revision=revision, cache_dir=cache_dir, local_files_only=True)
@@ -248,6 +244,17 @@ def _load_pretrained(
         raise CodecWeightsMissing(_missing_weights_message(model, revision, cache_dir, reason))
     log.info("downloading %s@%s from the Hugging Face hub", model, revision)
     return MimiModel.from_pretrained(model, revision=revision, cache_dir=cache_dir)
+
+
+def check_local_folder(folder: Path) -> None:
+    """Raise CodecWeightsMissing unless `folder` holds a saved Mimi (config.json and weights)."""
+    missing = [name for name, found in (("config.json", (folder / "config.json").is_file()),
+               ("model.safetensors", any(folder.glob("*.safetensors")))) if not found]  # fmt: skip
+    if missing:
+        raise CodecWeightsMissing(
+            f"codec folder {folder} has no {' and no '.join(missing)}: it should hold a saved Mimi "
+            "(config.json and model.safetensors, e.g. from `hf download kyutai/mimi --local-dir DIR`)."
+        )
 
 
 def _hub_unreachable_reason(timeout_s: float = 3.0) -> str | None:

@@ -4,7 +4,8 @@
     metrics = trainer.train_step(batch)      # {"train/loss": ..., "train/recon": ..., ...}
     row = trainer.train_step_async(batch)    # the same values as a device tensor: no host sync
     fast = VAETrainer(vae, "cuda", StepSettings.fastest("cuda"))   # compiled (CUDA graphs), fused AdamW
-    save_checkpoint(trainer, "ckpt/", {"codec": codec.spec.describe()})
+    save_checkpoint(trainer, "ckpt/", {"codec": codec.spec.describe()})   # resumable: weights + optimizer
+    save_checkpoint(trainer, "final/", optimizer=False)                     # the trained model alone
     load_checkpoint("ckpt/", trainer)
 
 Loss (DESIGN.md §2.3): multi-scale STFT + waveform L1 + beta * KL + lambda_smooth * L_smooth
@@ -34,7 +35,8 @@ from models import losses
 from models.runtime import autocast
 from models.vae import BetaVAE, LatentPredictor, VAEConfig
 
-CHECKPOINT_STATE = "state.pt"
+CHECKPOINT_WEIGHTS = "weights.pt"
+CHECKPOINT_OPTIMIZER = "optimizer.pt"  # absent from a finished trial's checkpoint: weights are what it keeps
 TERM_NAMES = ("stft", "l1", "kl", "smooth", "recon")  # then "pred" when L_pred is on, then "loss"
 CHECKPOINT_META = "meta.json"
 
@@ -160,31 +162,51 @@ class VAETrainer:
         # From pinned memory the copy is asynchronous: the CPU goes on to queue the step.
         return Batch(batch.features.pin_memory(), batch.audio.pin_memory()).to(self.device)
 
-    def state_dict(self) -> dict:
-        state = {"step": self.step, "vae": self.vae.state_dict(), "optimizer": self.optimizer.state_dict()}
+    def weights(self) -> dict:
+        """What the trained model is: the VAE's (and L_pred's predictor's) weights, and the step."""
+        state = {"step": self.step, "vae": self.vae.state_dict()}
         if self.predictor is not None:
             state["predictor"] = self.predictor.state_dict()
+        return state
+
+    def optimizer_state(self) -> dict:
+        """What training needs on top of the weights to continue: the optimisers' moments (AdamW: 2x
+        the weights' size)."""
+        state = {"optimizer": self.optimizer.state_dict()}
+        if self.pred_optimizer is not None:
             state["pred_optimizer"] = self.pred_optimizer.state_dict()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_weights(self, state: dict) -> None:
         self.vae.load_state_dict(state["vae"])
-        self.optimizer.load_state_dict(state["optimizer"])
         if self.predictor is not None:
             self.predictor.load_state_dict(state["predictor"])
-            self.pred_optimizer.load_state_dict(state["pred_optimizer"])
         self.step = int(state["step"])
 
+    def load_optimizer_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.pred_optimizer is not None:
+            self.pred_optimizer.load_state_dict(state["pred_optimizer"])
 
-def save_checkpoint(trainer: VAETrainer, directory: str | os.PathLike, metadata: dict | None = None) -> Path:
-    """Write `directory`/state.pt (tensors only) and meta.json (step, VAE config, `metadata`).
-    Written to a temporary folder beside it, then renamed, so a crash never leaves half a checkpoint."""
+
+def save_checkpoint(
+    trainer: VAETrainer,
+    directory: str | os.PathLike,
+    metadata: dict | None = None,
+    optimizer: bool = True,
+) -> Path:
+    """Write `directory`/weights.pt, optimizer.pt (unless `optimizer` is False: a trained model
+    rather than a resumable one, a third of the size) and meta.json (step, VAE config, `metadata`).
+    Tensors only. Written to a temporary folder beside it, then renamed, so a crash never leaves half
+    a checkpoint."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    torch.save(trainer.state_dict(), tmp / CHECKPOINT_STATE)
+    torch.save(trainer.weights(), tmp / CHECKPOINT_WEIGHTS)
+    if optimizer:
+        torch.save(trainer.optimizer_state(), tmp / CHECKPOINT_OPTIMIZER)
     meta = {"step": trainer.step, "vae_config": trainer.config.to_dict(), **(metadata or {})}
     (tmp / CHECKPOINT_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
     if directory.exists():
@@ -205,7 +227,9 @@ def read_checkpoint_meta(directory: str | os.PathLike) -> dict:
 
 
 def load_checkpoint(directory: str | os.PathLike, trainer: VAETrainer) -> dict:
-    """Load weights and optimiser state into `trainer` (weights_only: no code runs); returns the metadata."""
+    """Load the weights, and the optimiser state where the checkpoint has it, into `trainer`
+    (weights_only: no code runs); returns the metadata, with `resumable` saying whether the optimiser
+    state was there."""
     meta = read_checkpoint_meta(directory)
     saved = VAEConfig.from_dict(meta["vae_config"])
     if saved != trainer.config:
@@ -213,6 +237,13 @@ def load_checkpoint(directory: str | os.PathLike, trainer: VAETrainer) -> dict:
             f"checkpoint {directory} was trained with {saved}, but the trainer is configured with "
             f"{trainer.config}; build the trainer from the checkpoint's vae_config."
         )
-    state = torch.load(Path(directory) / CHECKPOINT_STATE, map_location=trainer.device, weights_only=True)
-    trainer.load_state_dict(state)
+    directory = Path(directory)
+    trainer.load_weights(_load_tensors(directory / CHECKPOINT_WEIGHTS, trainer.device))
+    meta["resumable"] = (directory / CHECKPOINT_OPTIMIZER).is_file()
+    if meta["resumable"]:
+        trainer.load_optimizer_state(_load_tensors(directory / CHECKPOINT_OPTIMIZER, trainer.device))
     return meta
+
+
+def _load_tensors(path: Path, device: torch.device) -> dict:
+    return torch.load(path, map_location=device, weights_only=True)

@@ -1,6 +1,7 @@
-"""The files a trial's MLflow run holds, written locally first (they stay in Tune's trial folder).
+"""The files a trial's MLflow run holds, written locally first (then copied to Tune's trial folder).
 
-    log_trial_evaluation(run, evaluation, trial_dir / "evaluation")
+    files = write_trial_files(evaluation, folder)     # tables, plots, recon.json, report.md
+    log_trial_evaluation(run, evaluation, files)      # the same, the rollout table, the WAVs -> MLflow
 
 Child run layout: `tables/rollout.csv` (+ `tables/rollout.json` via `log_table`, which MLflow can
 merge across runs), `tables/injection.csv`, `tables/injection_curves.csv`, `plots/injection.png`,
@@ -23,7 +24,7 @@ from evaluation.trial import TrialEvaluation  # noqa: E402
 from sweep.tracking import TrialRun  # noqa: E402
 
 
-def write_trial_files(evaluation: TrialEvaluation, folder: Path) -> dict[str, Path]:
+def write_trial_files(evaluation: TrialEvaluation, folder: Path) -> dict[str, list[Path]]:
     """Tables, plot, recon metrics and the report under `folder`; returns {artifact folder: file}."""
     tables = folder / "tables"
     tables.mkdir(parents=True, exist_ok=True)
@@ -43,8 +44,9 @@ def write_trial_files(evaluation: TrialEvaluation, folder: Path) -> dict[str, Pa
     return files
 
 
-def log_trial_evaluation(run: TrialRun, evaluation: TrialEvaluation, folder: Path) -> None:
-    for artifact_folder, paths in write_trial_files(evaluation, folder).items():
+def log_trial_evaluation(run: TrialRun, evaluation: TrialEvaluation, files: dict[str, list[Path]]) -> None:
+    """Log what write_trial_files wrote (`files`) and the WAVs to the trial's MLflow run."""
+    for artifact_folder, paths in files.items():
         for path in paths:
             run.log_artifact(path, artifact_folder)
     run.log_table(evaluation.battery.rollout_table, "tables/rollout.json")

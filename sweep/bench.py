@@ -49,9 +49,9 @@ from sweep.config import PAPER_STEPS, PRESETS, Preset, TrialParams
 from sweep.corpus import write_corpus
 from sweep.data import discover_audio, select_utterances, split_by_speaker
 from sweep.features import CropSampler, build_feature_cache
-from sweep.objective import TIME_ATTR
+from sweep.objective import STATUS, TIME_ATTR
 from sweep.sync import trial_reports
-from sweep.trainable import STATUS, WALL
+from sweep.trainable import WALL
 
 log = logging.getLogger("sweep.bench")
 

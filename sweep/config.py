@@ -75,6 +75,35 @@ class Preset:
 SCHEDULERS = ("asha", "none")
 ASHA_REDUCTION = 2  # rungs at probe_first * 2^k: the cheap battery runs exactly there
 
+
+def rung_steps(train_steps: int, first: int, factor: int = ASHA_REDUCTION) -> list[int]:
+    """ASHA's milestones below the end of training: first, first * factor, ... (< train_steps)."""
+    rungs, step = [], first
+    while step < train_steps:
+        rungs.append(step)
+        step *= factor
+    return rungs
+
+
+def trial_name(number: int) -> str:
+    """A trial's short name from Tune's trial number: 't007'. It names the trial's folder in Tune's
+    storage, its row in the summary and its MLflow run."""
+    return f"t{number:03d}"
+
+
+def trial_number(name: str) -> int:
+    """The number back from a trial_name."""
+    if not (name.startswith("t") and name[1:].isdigit()):
+        raise ValueError(f"trial name {name!r} is not of the form t<number>, e.g. t007.")
+    return int(name[1:])
+
+
+def trial_seed(sweep_seed: int, number: int) -> int:
+    """Each trial's own seed (initialisation, batches, reparameterisation noise): repeats of one
+    configuration differ, and a retried or resumed trial keeps its seed."""
+    return sweep_seed * 10_000 + number
+
+
 PRESETS = {
     "smoke": Preset(
         name="smoke",

@@ -21,6 +21,7 @@ import numpy as np
 import soundfile as sf
 
 from sweep.data import discover_audio
+from sweep.errors import report_usage_error
 
 BUNDLED_CORPUS = Path(__file__).parent / "assets" / "librispeech-subset"
 SYNTH_RATE = 16_000
@@ -138,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = write_corpus(args.out, args.source, args.utterances, args.speakers)
     except (FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_usage_error(err)
     print(f"wrote {len(written)} utterances to {args.out}")
     return 0
 

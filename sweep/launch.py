@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sweep import spaces, storage
-from sweep.config import PRESETS, SCHEDULERS, Preset, TrialParams
+from sweep.config import PRESETS, SCHEDULERS, Preset, TrialParams, rung_steps
+from sweep.errors import UsageError, report_usage_error
 from sweep.objective import OBJECTIVES, SCHEDULER_METRIC
 from sweep.throughput import BENCH_FILE
 
@@ -42,10 +43,6 @@ COMPILE_CHOICES = ("auto", "on", "off")
 COMPILE_MIN_STEPS = 2000  # below this a compiled step's warm-up (8-45 s) is not repaid
 TRIALS_PER_GPU = 4  # the default packing: most steps/s per GPU in sweep.bench (H200: 178 with MPS)
 TRIAL_GPU_MEMORY_GIB = 4  # a paper trial: peak 1.1-1.3 GiB allocated (sweep.bench), + context, headroom
-
-
-class UsageError(ValueError):
-    """Bad input, found before any compute; the message says what and how to fix it."""
 
 
 @dataclass
@@ -71,6 +68,7 @@ class SweepPlan:
     fixed: dict = field(default_factory=dict)  # --set values for parameters the space does not vary
     workdir: str = "."
     parent_run_id: str | None = None
+    keep_checkpoints: int = 1  # checkpoints kept per trial; > 1 keeps AdamW's state to the end
     compile: str = "auto"  # --compile: auto | on | off
     fused_optimizer: bool = True
     mps: bool = False
@@ -203,6 +201,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     where.add_argument(
         "--cache", default=".cache/features", help="feature cache folder (default .cache/features)"
     )
+    where.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=1,
+        metavar="N",
+        help="checkpoints kept per trial (default 1: the latest resumable one while a trial trains; "
+        "a finished trial keeps its trained weights alone, a stopped one its last weights). N > 1 keeps "
+        "the N latest, each with the optimizer state (a paper trial's: ~460 MB), the final one too",
+    )
     res = p.add_argument_group("resources and speed (python -m sweep.bench measures each)")
     res.add_argument(
         "--gpus-per-trial",
@@ -303,6 +310,7 @@ def make_plan(args: argparse.Namespace, workdir: Path) -> SweepPlan:
         num_samples=num_samples,
         cpus_per_trial=_check_cpus(args.cpus_per_trial),
         gpus_per_trial=_gpus_per_trial(args.gpus_per_trial, args),
+        keep_checkpoints=_check_keep(args.keep_checkpoints),
         compile=args.compile,
         fused_optimizer=not args.no_fused_optimizer,
         mps=_check_mps(args),
@@ -312,7 +320,7 @@ def make_plan(args: argparse.Namespace, workdir: Path) -> SweepPlan:
         optuna_uri=f"sqlite:///{workdir / OPTUNA_STORE}",
         data=str(_data_folder(args.data, preset, workdir)),
         cache=str((workdir / args.cache).resolve()),
-        codec=args.codec or preset.codec,
+        codec=_check_codec(args.codec or preset.codec),
         seed=args.seed,
         scheduler=preset.scheduler,
         fixed=fixed,
@@ -351,10 +359,33 @@ def _parse_sets(items: list[str], space: str) -> dict:
     return fixed
 
 
+def _check_codec(text: str) -> str:
+    """A codec string that parses, and a local codec folder that holds a saved Mimi. (Whether hub
+    weights are cached is checked by the driver, which loads them.)"""
+    from models.codec import CodecSpec, CodecWeightsMissing, check_local_folder
+
+    if text.startswith(("/", "./", "../", "~")) and not Path(text).expanduser().is_dir():
+        raise UsageError(f"--codec {text}: no such folder. Pass a folder holding a saved Mimi, "
+                         "kyutai/mimi, or random:full / random:reduced.")  # fmt: skip
+    try:
+        spec = CodecSpec.parse(text)
+        if spec.source == "pretrained" and Path(spec.model).is_dir():
+            check_local_folder(Path(spec.model))
+    except (ValueError, CodecWeightsMissing) as err:
+        raise UsageError(f"--codec {text}: {err}") from None
+    return text
+
+
 def _check_cpus(cpus: float) -> float:
     if not cpus > 0:
         raise UsageError(f"--cpus-per-trial must be > 0, got {cpus}.")
     return cpus
+
+
+def _check_keep(value: int) -> int:
+    if value < 1:
+        raise UsageError(f"--keep-checkpoints must be >= 1 (a trial needs one to be resumed), got {value}.")
+    return value
 
 
 def _check_concurrency(value: int | None) -> int | None:
@@ -562,8 +593,6 @@ def projection(plan: SweepPlan, cpus: int, gpus: int, bench_file: Path, device_n
 
 
 def _rungs(first: int, last: int) -> str:
-    from sweep.trainable import rung_steps
-
     return ", ".join(map(str, rung_steps(last, first))) or "(none: trials shorter than the first rung)"
 
 
@@ -603,8 +632,7 @@ def main(argv: list[str] | None = None) -> int:
             dashboard_host=args.dashboard_host,
         )
     except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_usage_error(err)
 
 
 def git_commit(folder: Path) -> str:

@@ -16,6 +16,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import ray
 import torch
 from ray import tune
@@ -24,21 +25,27 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from models.codec import CodecSpec, CodecWeightsMissing, MimiCodec
-from models.training import StepSettings
-from sweep import spaces
-from sweep.config import ASHA_REDUCTION
+from models.training import CHECKPOINT_OPTIMIZER, StepSettings
+from sweep import spaces, storage
+from sweep.config import ASHA_REDUCTION, trial_name
 from sweep.corpus import write_corpus
 from sweep.data import DataError, discover_audio, select_utterances, split_by_speaker
+from sweep.errors import UsageError
 from sweep.features import build_feature_cache
-from sweep.launch import SweepPlan, UsageError, describe, exposure_warning, git_commit
+from sweep.launch import SweepPlan, describe, exposure_warning, git_commit
 from sweep.mps import mps_daemon
 from sweep.objective import (
+    COMPLETED,
     CONSTRAINT,
     OBJECTIVE_MODES,
     OBJECTIVES,
+    PROBE,
     SCHEDULER_METRIC,
     SCHEDULER_MODE,
+    STATUS,
+    STOPPED,
     SURROGATE,
+    TEACHER_OBJECTIVE,
     TIME_ATTR,
 )
 from sweep.storage import is_uri
@@ -49,43 +56,60 @@ from sweep.tracking import (
     check_reachable,
     end_trial_run,
     finish_sweep,
+    mlflow_artifact_bytes,
     open_sweep_tracking,
     reopen_sweep_tracking,
 )
-from sweep.trainable import STATUS, TrialContext, train_trial
+from sweep.trainable import CHECKPOINT_MODEL, TrialContext, train_trial
 
 log = logging.getLogger("sweep.launch")
 
 
 class ConstrainedOptunaSearch(OptunaSearch):
-    """OptunaSearch that hands Optuna the recon constraint and never a non-finite objective.
+    """OptunaSearch that hands Optuna the recon constraint, never a non-finite objective, and a trial
+    ASHA stopped as PRUNED.
 
     Optuna 5 reads constraints from `trial.set_constraint` (the sampler-level constraints_func is
     deprecated); OptunaSearch's ask/tell has no place for them, so they are set on the trial just
     before it is told. Non-finite values would leave the study's trial RUNNING (OptunaSearch logs
-    and swallows tell's error), so they become the surrogate here as a last guard.
+    and swallows tell's error), so they become the surrogate here as a last guard. A stopped trial's
+    last result holds probe values only (no `status`): Optuna learns it as PRUNED, with the step it
+    was stopped at and its probe values as user attributes, never as a COMPLETE trial.
     """
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if error:
+            result = None  # a list of Nones would be told as COMPLETE and fail there: FAIL it is
         if result and trial_id in self._ot_trials and trial_id not in self._completed_trials:
-            result = dict(result)
-            for name in OBJECTIVES:
-                value = result.get(name)
-                if value is not None and not math.isfinite(value):
-                    result[name] = SURROGATE
-            if CONSTRAINT in result and all(result.get(name) is not None for name in OBJECTIVES):
-                self._ot_trials[trial_id].set_constraint("recon_mel", float(result[CONSTRAINT]))
+            ot_trial = self._ot_trials[trial_id]
+            if result.get(STATUS) is None:
+                for key in (TIME_ATTR, SCHEDULER_METRIC, PROBE + TEACHER_OBJECTIVE):
+                    if isinstance(result.get(key), int | float):
+                        ot_trial.set_user_attr(key, float(result[key]))
+                result = None  # OptunaSearch tells a trial without values as PRUNED
+            else:
+                result = dict(result)
+                for name in OBJECTIVES:
+                    value = result.get(name)
+                    if value is not None and not math.isfinite(value):
+                        result[name] = SURROGATE
+                if CONSTRAINT in result and all(result.get(name) is not None for name in OBJECTIVES):
+                    ot_trial.set_constraint("recon_mel", float(result[CONSTRAINT]))
         super().on_trial_complete(trial_id, result, error)
 
 
-class CloseTrialRuns(tune.Callback):
-    """Ends each trial's MLflow child run when Tune records how the trial ended (in the driver)."""
+class TrialLifecycle(tune.Callback):
+    """In the driver, as Tune records how each trial ended: closes its MLflow child run, and drops the
+    optimizer state from the last checkpoint of a trial that will not train again (stopped by ASHA,
+    diverged): its weights are what it keeps. (An errored trial keeps it: --resume retries it.)"""
 
-    def __init__(self, tracking: SweepTracking):
-        self.tracking = tracking
+    def __init__(self, tracking: SweepTracking, keep_optimizer: bool = False):
+        self.tracking, self.keep_optimizer = tracking, keep_optimizer
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        status = (trial.last_result or {}).get(STATUS) or "stopped early"
+        status = (trial.last_result or {}).get(STATUS) or STOPPED
+        if status != COMPLETED and not self.keep_optimizer:
+            drop_optimizer_state(trial.checkpoint)
         self._end(trial.trial_id, status)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -96,6 +120,15 @@ class CloseTrialRuns(tune.Callback):
             end_trial_run(self.tracking, trial_id, status)
         except Exception as err:  # MLflow away: the sweep goes on; _finish tries again at the end
             log.warning("could not close the MLflow run of trial %s: %s", trial_id, err)
+
+
+def drop_optimizer_state(checkpoint: tune.Checkpoint | None) -> None:
+    """Delete optimizer.pt (2/3 of a resumable checkpoint) from `checkpoint`, wherever it is stored."""
+    if checkpoint is None:
+        return
+    path = f"{checkpoint.path}/{CHECKPOINT_MODEL}/{CHECKPOINT_OPTIMIZER}"
+    if checkpoint.filesystem.get_file_info(path).type == pafs.FileType.File:
+        checkpoint.filesystem.delete_file(path)
 
 
 def run_sweep(
@@ -217,6 +250,7 @@ def _prepare(plan: SweepPlan) -> tuple[TrialContext, dict]:
         probes=plan.scheduler == "asha",
         fixed=dict(plan.fixed),
         step=StepSettings(compile=plan.compiled, fused_optimizer=plan.fused_optimizer),
+        keep_optimizer=plan.keep_checkpoints > 1,
     )
     return context, tags
 
@@ -332,10 +366,12 @@ def _run_config(plan: SweepPlan, tracking: SweepTracking) -> tune.RunConfig:
     return tune.RunConfig(
         name=plan.experiment,
         storage_path=plan.storage,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        # One resumable checkpoint per trial while it trains (a paper trial's is 460 MB with AdamW's
+        # state); the final one is the trained weights alone. --keep-checkpoints N keeps more.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=plan.keep_checkpoints),
         failure_config=tune.FailureConfig(max_failures=2),  # a dead worker resumes from its last checkpoint
         verbose=1,  # the status table; each trial's metrics are in MLflow rather than on the console
-        callbacks=[CloseTrialRuns(tracking)],
+        callbacks=[TrialLifecycle(tracking, keep_optimizer=plan.keep_checkpoints > 1)],
     )
 
 
@@ -348,10 +384,22 @@ def _new_tuner(plan: SweepPlan, trainable, tracking: SweepTracking) -> tune.Tune
             scheduler=_scheduler(plan),
             num_samples=plan.num_samples,
             max_concurrent_trials=plan.max_concurrent,
-            reuse_actors=True,  # a worker keeps its imports and codec between trials
+            # A GPU trial gets a fresh worker process: Tune runs each trial of a reused worker in a new
+            # thread, and the compiled step's CUDA-graph trees live in the thread-local storage of the
+            # thread that first compiled (torch/_inductor/cudagraph_trees.py): the next trial's thread
+            # failed an assertion there. A fresh process also gives all of a trial's GPU memory back.
+            # CPU trials keep their worker (imports take ~7 s of a smoke trial's ~20 s).
+            reuse_actors=plan.gpus_per_trial == 0,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
         ),
         run_config=_run_config(plan, tracking),
     )
+
+
+def _trial_name(trial) -> str:
+    """`t<number>`: Tune numbers its trials in the experiment tag ("3_beta=0.01,dim=32")."""
+    return trial_name(int(trial.experiment_tag.split("_", 1)[0]))
 
 
 def _restore_tuner(plan: SweepPlan, trainable) -> tune.Tuner:
@@ -381,7 +429,9 @@ def _finish(plan: SweepPlan, tracking: SweepTracking, grid) -> int:
         )
         return 130
     frame = results_frame(grid, plan.varied, plan.preset, plan.seed, fixed=plan.fixed)
+    frame["failures"] = frame["trial_id"].map(trial_failures(plan.experiment_dir)).fillna(0).astype(int)
     summary = summarise(frame, _load_study(plan))
+    summary.storage = storage_report(plan, tracking)
     try:
         publish_summary(tracking, frame, summary, plan.summary_dir)
     except Exception as err:  # MLflow away at the end: the sweep is done and in Tune's storage
@@ -390,8 +440,30 @@ def _finish(plan: SweepPlan, tracking: SweepTracking, grid) -> int:
             f"the results are safe in {plan.experiment_dir}. When MLflow is back:\n"
             f"  python -m sweep.sync {plan.experiment} --storage {plan.storage}\n"
         )
-    _print_summary(plan, tracking, summary, grid)
+    _print_summary(plan, tracking, summary, grid, frame)
     return 0 if not grid.errors else 1
+
+
+def trial_failures(experiment_dir: str) -> dict[str, int]:
+    """How often each trial failed (its worker died, its code raised) and Tune restarted it or gave
+    up: {trial id: failures}. From Tune's experiment state, so failures before a --resume count too."""
+    return {trial.trial_id: trial.num_failures for trial in tune.ExperimentAnalysis(experiment_dir).trials}
+
+
+def storage_report(plan: SweepPlan, tracking: SweepTracking) -> str:
+    """One line: what the sweep's files take in Tune's storage, by kind, and MLflow's copies."""
+    used = storage.usage(plan.experiment_dir)
+    largest = max(used.per_trial_checkpoints.values(), default=0)
+    line = (
+        f"Storage: {storage.human(used.total)} in {plan.experiment_dir}: checkpoints "
+        f"{storage.human(used.checkpoints)} ({len(used.per_trial_checkpoints)} trials, at most "
+        f"{storage.human(largest)} each), evaluation files {storage.human(used.evaluation)}, Tune's "
+        f"records and the summary {storage.human(used.other)}"
+    )
+    copies = mlflow_artifact_bytes(tracking)
+    if copies is not None:
+        line += f"; MLflow's copies of the trials' files {storage.human(copies)}"
+    return line + "."
 
 
 def publish_summary(tracking: SweepTracking, frame, summary, folder: Path) -> None:
@@ -410,11 +482,20 @@ def _load_study(plan: SweepPlan):
     return optuna.load_study(study_name=plan.experiment, storage=plan.optuna_uri)
 
 
-def _print_summary(plan: SweepPlan, tracking: SweepTracking, summary, grid) -> None:
+def trial_counts(frame) -> str:
+    """'16 trials: 12 completed, 4 stopped early; 0 restarted after a failure.'"""
+    counts = frame["status"].value_counts() if not frame.empty else {}
+    ended = ", ".join(f"{n} {status}" for status, n in counts.items()) or "none ran"
+    failed = int((frame["failures"] > 0).sum()) if "failures" in frame else 0
+    return f"{len(frame)} trials: {ended}; {failed} restarted after a failure."
+
+
+def _print_summary(plan: SweepPlan, tracking: SweepTracking, summary, grid, frame) -> None:
     print("\n# Sweep summary: " + plan.experiment + "\n")
-    print(summary.table + "\n")
+    print(summary.text())
     for report in summary.best_reports:
         print(report)
+    print(trial_counts(frame) + "\n")
     print("Verdict: " + summary.verdict + "\n")
     if grid.errors:
         print(f"{len(grid.errors)} trials failed; their errors are in {plan.experiment_dir}\n")

@@ -27,6 +27,7 @@ from models.training import VAETrainer, save_checkpoint
 from models.vae import BetaVAE, VAEConfig
 from sweep.corpus import write_corpus
 from sweep.data import DataError, discover_audio, select_utterances, split_by_speaker
+from sweep.errors import report_usage_error
 from sweep.features import CropSampler, build_feature_cache
 
 log = logging.getLogger("sweep.smoke")
@@ -144,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run(args)
     except (DataError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_usage_error(err)
     print("\n" + summary["report"])
     print(
         f"smoke run done: {summary['utterances']} utterances "

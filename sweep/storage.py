@@ -11,6 +11,7 @@ filesystem every node mounts, or an object store (s3://, gs://; file:// for a lo
 from __future__ import annotations
 
 import posixpath
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -64,3 +65,52 @@ def sweeps_in(root: str, marker: str) -> list[tuple[str, float]]:
             if plan.type == pafs.FileType.File:
                 found.append((info.base_name, plan.mtime.timestamp() if plan.mtime else 0.0))
     return sorted(found, key=lambda item: item[1])
+
+
+@dataclass
+class Usage:
+    """Bytes a sweep's Tune folder holds, by kind."""
+
+    checkpoints: int = 0  # every trial's checkpoint_* folders
+    evaluation: int = 0  # every trial's evaluation/ folder: report, tables, plots, WAVs
+    other: int = 0  # Tune's records (result.json, experiment state), the summary, the searcher's state
+    per_trial_checkpoints: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return self.checkpoints + self.evaluation + self.other
+
+
+def usage(experiment_dir: str) -> Usage:
+    """What `experiment_dir` (a folder or URI) holds, summed by kind."""
+    fs, inner = _fs(experiment_dir)
+    found = Usage()
+    if fs.get_file_info(inner).type != pafs.FileType.Directory:
+        return found
+    for info in fs.get_file_info(pafs.FileSelector(inner, recursive=True)):
+        if info.type != pafs.FileType.File:
+            continue
+        parts = posixpath.relpath(info.path, inner).split("/")
+        kind = parts[1] if len(parts) > 2 else ""
+        if kind.startswith("checkpoint_"):
+            found.checkpoints += info.size
+            found.per_trial_checkpoints[parts[0]] = found.per_trial_checkpoints.get(parts[0], 0) + info.size
+        elif kind == "evaluation":
+            found.evaluation += info.size
+        else:
+            found.other += info.size
+    return found
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of the files under a local folder (0 if it does not exist)."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def human(n: float) -> str:
+    """1536 -> '1.5 KB' (decimal units, as `du --si`)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

@@ -9,6 +9,12 @@ nothing from MLflow and can be rebuilt after the fact. It is logged to the sweep
 `summary.csv`, `summary.md`, `plots/rollout_vs_h.png`, `plots/pareto.png`, `importances.json`,
 `verdict.md`; MLflow compares metrics across runs, but not artifacts (mlflow#2696), so this is
 where trials are read side by side.
+
+Rows are trials (`t007`), never labels: repeats of a configuration and near-equal betas each keep
+their row, and a repeated configuration also gets its mean, spread and n. Only completed trials that
+meet the reconstruction constraint count for the Pareto front and the verdict; the verdict names the
+others with the reason. Trials ASHA stopped are listed apart, their cheap-battery values labelled as
+probe values.
 """
 
 from __future__ import annotations
@@ -25,16 +31,28 @@ from mlflow import MlflowClient
 
 from evaluation.report import decision_gate, metrics_report
 from sweep.artifacts import plot_pareto, plot_rollout_vs_horizon
-from sweep.config import Preset, TrialParams
-from sweep.objective import CONSTRAINT, OBJECTIVES, ROLLOUT_OBJECTIVE, TEACHER_OBJECTIVE
+from sweep.config import Preset, TrialParams, trial_number, trial_seed
+from sweep.objective import (
+    COMPLETED,
+    CONSTRAINT,
+    DIVERGED,
+    OBJECTIVES,
+    PROBE,
+    ROLLOUT_OBJECTIVE,
+    SCHEDULER_METRIC,
+    STATUS,
+    STOPPED,
+    TEACHER_OBJECTIVE,
+)
 from sweep.tracking import SweepTracking
-from sweep.trainable import STATUS
 
 log = logging.getLogger(__name__)
 
 MIN_TRIALS_FOR_IMPORTANCE = 4
 SUMMARY_COLUMNS = [
+    "trial",
     "label",
+    "seed",
     "status",
     "step",
     "teacher/k1",
@@ -50,47 +68,78 @@ SUMMARY_COLUMNS = [
     "feasible",
     "pareto",
 ]
+# A stopped trial's row: where ASHA stopped it and what the cheap battery read there (nats/dim).
+STOPPED_COLUMNS = {
+    "trial": "trial",
+    "label": "label",
+    "seed": "seed",
+    "step": "stopped at step",
+    SCHEDULER_METRIC: "probe rollout_k4",
+    PROBE + TEACHER_OBJECTIVE: "probe teacher_k1",
+}
+# What a repeated configuration shows: mean, spread and n over its completed trials.
+REPEAT_METRICS = ("rollout/k4_per_dim", "teacher/k1_per_dim", "recon/mel")
 
 
 @dataclass
 class Summary:
-    table: str  # markdown
+    table: str  # markdown: the trials that ran to their end (completed, diverged, errored)
     verdict: str
     best_reports: list[str]  # seed-shaped tables of the best trials
     importances: dict | str  # param -> importance, or why there are none
+    stopped: str = ""  # markdown: the trials ASHA stopped, with their probe values; "" if none
+    repeats: str = ""  # markdown: repeated configurations, mean / spread / n; "" if none
+    storage: str = ""  # what the sweep's files take on disk
+
+    def text(self) -> str:
+        """The summary as printed and written to summary.md."""
+        parts = [self.table]
+        if self.repeats:
+            parts.append("Repeated configurations (completed trials; mean, standard deviation, n):\n\n"
+                         + self.repeats)  # fmt: skip
+        if self.stopped:
+            parts.append("Stopped early by ASHA (probe values: the cheap battery at the rung, "
+                         "nats/dim; not comparable with the table above):\n\n" + self.stopped)  # fmt: skip
+        parts.append(self.verdict)
+        if self.storage:
+            parts.append(self.storage)
+        return "\n\n".join(parts) + "\n"
 
 
 def results_frame(
-    grid, varied: tuple[str, ...], preset: Preset, seed: int = 0, fixed: dict | None = None
+    results, varied: tuple[str, ...], preset: Preset, seed: int = 0, fixed: dict | None = None
 ) -> pd.DataFrame:
-    """One row per trial: its parameters, status, and the last metrics it reported."""
+    """One row per trial, keyed by its name (`t007`): its parameters and seed, status, and the last
+    metrics it reported. `results`: Tune's ResultGrid, or anything whose items have `.metrics`,
+    `.config`, `.error` and `.path` (the trial's folder, named after the trial)."""
     rows = []
-    for result in grid:
+    for result in results:
         metrics = dict(result.metrics or {})
-        params = TrialParams.from_config(
-            {**(fixed or {}), **{k: v for k, v in (result.config or {}).items() if k in varied}}, preset, seed
-        )
-        status = metrics.get(STATUS) or ("error" if result.error else "stopped early")
-        rows.append(
-            {
-                **metrics,
-                **params.to_dict(),
-                "label": params.label(varied),
-                "status": status,
-                "trial_id": metrics.get("trial_id", ""),
-            }
-        )
+        name = Path(result.path).name
+        config = {**(fixed or {}), **{k: v for k, v in (result.config or {}).items() if k in varied}}
+        params = TrialParams.from_config(config, preset, trial_seed(seed, trial_number(name)))
+        status = metrics.get(STATUS) or ("error" if result.error else STOPPED)
+        rows.append({**metrics, **params.to_dict(), "trial": name, "label": params.label(varied),
+                     "status": status, "trial_id": metrics.get("trial_id", "")})  # fmt: skip
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    for column in SUMMARY_COLUMNS:
+    for column in [*SUMMARY_COLUMNS, *STOPPED_COLUMNS, CONSTRAINT]:
         if column not in frame:
             frame[column] = math.nan
-    for column in ("step", "rollout/horizon"):
+    for column in ("step", "rollout/horizon", "seed"):
         frame[column] = frame[column].astype("Int64")  # counts print as counts; missing stays <NA>
-    frame["feasible"] = frame.get(CONSTRAINT, pd.Series(math.nan, index=frame.index)).le(0.0)
-    frame["pareto"] = pareto_mask(frame[list(OBJECTIVES)].to_numpy(dtype=float))
-    return frame.sort_values([ROLLOUT_OBJECTIVE, TEACHER_OBJECTIVE]).reset_index(drop=True)
+    # A stopped trial's last report holds the objectives' placeholders: its values are probe values.
+    frame.loc[frame["status"].eq(STOPPED), list(OBJECTIVES)] = math.nan
+    completed = frame["status"].eq(COMPLETED)
+    frame["feasible"] = completed & frame[CONSTRAINT].le(0.0)
+    eligible = frame["feasible"].to_numpy()
+    values = frame[list(OBJECTIVES)].to_numpy(dtype=float)
+    frame["pareto"] = False
+    frame.loc[eligible, "pareto"] = pareto_mask(values[eligible])  # among completed, feasible trials only
+    order = frame["status"].map({COMPLETED: 1, DIVERGED: 2, "error": 3}).fillna(4) - frame["feasible"]
+    frame = frame.assign(_order=order).sort_values(["_order", ROLLOUT_OBJECTIVE, TEACHER_OBJECTIVE, "trial"])
+    return frame.drop(columns="_order").reset_index(drop=True)
 
 
 def pareto_mask(values: np.ndarray) -> np.ndarray:
@@ -105,13 +154,66 @@ def pareto_mask(values: np.ndarray) -> np.ndarray:
 
 
 def summarise(frame: pd.DataFrame, study=None, best: int = 2) -> Summary:
-    completed = frame[frame["status"] == "completed"] if not frame.empty else frame
-    table = _fmt_table(frame[SUMMARY_COLUMNS]) if not frame.empty else "(no trials)"
-    configs = {row["label"]: row.to_dict() for _, row in completed.iterrows()}
+    if frame.empty:
+        return Summary("(no trials)", decision_gate({}), [], importances(study))
+    ran = frame[frame["status"] != STOPPED]
+    eligible = frame[frame["feasible"]]
+    configs = {f"{row['trial']} ({row['label']})": row.to_dict() for _, row in eligible.iterrows()}
     reports = [
-        metrics_report(row.to_dict(), title=row["label"]) for _, row in completed.head(best).iterrows()
+        metrics_report(row.to_dict(), title=f"{row['trial']} {row['label']}")
+        for _, row in eligible.head(best).iterrows()
     ]
-    return Summary(table, decision_gate(configs), reports, importances(study))
+    verdict = decision_gate(configs)
+    excluded = not_counted(frame)
+    if excluded:
+        verdict += " Not counted: " + "; ".join(excluded) + "."
+    return Summary(
+        table=_fmt_table(ran[SUMMARY_COLUMNS]) if not ran.empty else "(no trial ran to its end)",
+        verdict=verdict,
+        best_reports=reports,
+        importances=importances(study),
+        stopped=_stopped_table(frame),
+        repeats=_repeats_table(frame),
+    )
+
+
+def not_counted(frame: pd.DataFrame) -> list[str]:
+    """Each trial the verdict leaves out, with the reason."""
+    out = []
+    for _, row in frame[~frame["feasible"]].iterrows():
+        who = f"{row['trial']} ({row['label']})"
+        if row["status"] == COMPLETED:
+            limit = row["recon/mel"] - row[CONSTRAINT]
+            out.append(f"{who}: recon/mel {row['recon/mel']:.3g} over the limit {limit:.3g}")
+        elif row["status"] == STOPPED:
+            out.append(f"{who}: stopped early by ASHA at step {row['step']}")
+        elif row["status"] == DIVERGED:
+            out.append(f"{who}: diverged at step {int(row.get('diverged/step', row['step']))}")
+        else:
+            out.append(f"{who}: {row['status']}")
+    return out
+
+
+def _stopped_table(frame: pd.DataFrame) -> str:
+    stopped = frame[frame["status"] == STOPPED]
+    if stopped.empty:
+        return ""
+    return _fmt_table(stopped[list(STOPPED_COLUMNS)].rename(columns=STOPPED_COLUMNS))
+
+
+def _repeats_table(frame: pd.DataFrame) -> str:
+    completed = frame[frame["status"] == COMPLETED]
+    groups = completed.groupby("label", sort=False)
+    rows = []
+    for label, group in groups:
+        if len(group) < 2:
+            continue
+        row = {"label": label, "n": len(group), "trials": " ".join(group["trial"])}
+        for metric in REPEAT_METRICS:
+            values = group[metric].astype(float)
+            row[metric] = f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+        rows.append(row)
+    return _fmt_table(pd.DataFrame(rows)) if rows else ""
 
 
 def importances(study) -> dict | str:
@@ -136,7 +238,7 @@ def log_summary(tracking: SweepTracking, frame: pd.DataFrame, summary: Summary, 
     """Write the summary files under `folder` and log them to the parent run."""
     folder.mkdir(parents=True, exist_ok=True)
     files = [
-        _write(folder / "summary.md", summary.table + "\n\n" + summary.verdict + "\n"),
+        _write(folder / "summary.md", summary.text()),
         _write(folder / "verdict.md", summary.verdict + "\n"),
         _write(folder / "importances.json", json.dumps(summary.importances, indent=2)),
     ]
@@ -144,9 +246,11 @@ def log_summary(tracking: SweepTracking, frame: pd.DataFrame, summary: Summary, 
     if not frame.empty:
         frame.to_csv(folder / "summary.csv", index=False)
         files.append(folder / "summary.csv")
+        completed = frame[frame["status"] == COMPLETED]  # probe values are never plotted as final ones
+        completed = completed.assign(label=completed["trial"] + " " + completed["label"])
         for plot, name in ((plot_rollout_vs_horizon, "rollout_vs_h.png"), (plot_pareto, "pareto.png")):
             try:  # a plot that cannot be drawn must not cost the sweep its summary
-                plots.append(plot(frame, folder / "plots" / name))
+                plots.append(plot(completed, folder / "plots" / name))
             except (ValueError, KeyError, TypeError) as err:
                 log.warning("skipped the %s plot: %s", name, err)
     client = MlflowClient(tracking.uri)

@@ -22,8 +22,10 @@ from types import SimpleNamespace
 from mlflow import MlflowClient
 
 from sweep import storage
-from sweep.config import TrialParams
-from sweep.launch import PLAN_FILE, SweepPlan, UsageError
+from sweep.config import TrialParams, rung_steps, trial_number, trial_seed
+from sweep.errors import UsageError, report_usage_error
+from sweep.launch import PLAN_FILE, SweepPlan
+from sweep.objective import OBJECTIVES, PROBE, STATUS
 from sweep.summary import results_frame, summarise
 from sweep.tracking import (
     SweepTracking,
@@ -47,11 +49,15 @@ def sync_sweep(plan: SweepPlan, mlflow_uri: str | None = None) -> dict:
     trials = _trials(Path(plan.experiment_dir))
     sent = {"trials": 0, "reports": 0, "files": 0}
     for trial in trials:
-        params = TrialParams.from_config({**plan.fixed, **trial.config}, plan.preset, plan.seed)
+        name = trial.folder.name
+        seed = trial_seed(plan.seed, trial_number(name))
+        params = TrialParams.from_config({**plan.fixed, **trial.config}, plan.preset, seed)
         run = TrialRun.find_or_create(
-            tracking, trial.trial_id, params.label(plan.varied), {**params.to_dict()}, {}, count_attempt=False
-        )
-        sent["reports"] += _send_reports(run, trial.rows)
+            tracking, trial.trial_id, f"{name} {params.label(plan.varied)}", params.to_dict(),
+            {"sweep.trial_name": name, "seed": str(seed)}, count_attempt=False,
+        )  # fmt: skip
+        rungs = rung_steps(params.train_steps, plan.preset.probe_first) if plan.scheduler == "asha" else []
+        sent["reports"] += _send_reports(run, trial.rows, set(rungs))
         sent["files"] += _send_files(run, trial.folder / "evaluation")
         sent["trials"] += 1
     frame = results_frame(trials, plan.varied, plan.preset, plan.seed, fixed=plan.fixed)
@@ -97,17 +103,25 @@ def _trials(experiment_dir: Path) -> list[SimpleNamespace]:
                 config=config,
                 error=None,
                 folder=folder,
+                path=str(folder),
                 trial_id=rows[-1]["trial_id"],
             )
         )
     return trials
 
 
-def _send_reports(run: TrialRun, rows: list[dict]) -> int:
+def _send_reports(run: TrialRun, rows: list[dict], rungs: set[int]) -> int:
+    """The reports MLflow lacks, as the trial logs them: probe values only at the rung they came from,
+    objectives only from the final report."""
     logged = {m.step for m in run.client.get_metric_history(run.run_id, "train/loss")}
     fresh = [row for row in rows if row.get("step") is not None and row["step"] not in logged]
     for row in fresh:
-        run.log_metrics({k: v for k, v in row.items() if "/" in k}, int(row["step"]))
+        final = row.get(STATUS) is not None
+        probe = not final and row["step"] in rungs
+        metrics = {k: v for k, v in row.items() if "/" in k and (probe or not k.startswith(PROBE))}
+        if not final:  # the surrogate placeholders (objective.pending): not values
+            metrics = {k: v for k, v in metrics.items() if k not in OBJECTIVES}
+        run.log_metrics(metrics, int(row["step"]))
     return len(fresh)
 
 
@@ -141,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"no sweep {args.experiment!r} in {root}; pass --storage the folder it used.")
         sent = sync_sweep(SweepPlan.load(path), args.mlflow_uri)
     except (UsageError, TrackingUnreachable) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_usage_error(err)
     print(
         f"synced {sent['trials']} trials to MLflow: {sent['reports']} reports and {sent['files']} files sent"
     )

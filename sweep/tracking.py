@@ -26,10 +26,13 @@ from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+from sweep.storage import folder_bytes
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +151,19 @@ def end_trial_run(sweep: SweepTracking, trial_id: str, status: str) -> bool:
         _retry(lambda r=run: client.set_tag(r.info.run_id, "sweep.status", status))
         _retry(lambda r=run: client.set_terminated(r.info.run_id, status=RUN_STATUS.get(status, "FAILED")))
     return bool(runs)
+
+
+def mlflow_artifact_bytes(sweep: SweepTracking) -> int | None:
+    """Bytes of the sweep's runs' artifacts where MLflow keeps them in a local folder; None elsewhere
+    (a server's store, object storage) or when MLflow cannot be asked."""
+    try:
+        runs = MlflowClient(sweep.uri).search_runs([sweep.experiment_id], max_results=10_000)
+    except Exception:  # MLflow away: the storage line goes without this figure
+        return None
+    folders = [urlparse(r.info.artifact_uri) for r in runs]
+    if not folders or any(f.scheme != "file" for f in folders):
+        return None
+    return sum(folder_bytes(Path(unquote(f.path))) for f in folders)
 
 
 def _params(params: Mapping) -> list[Param]:

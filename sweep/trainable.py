@@ -2,13 +2,17 @@
 
     tuner = tune.Tuner(tune.with_parameters(train_trial, context=context), param_space=space, ...)
 
-A trial builds from its config, restores from `tune.get_checkpoint()` when Tune retries or resumes
-it, trains on the shared feature cache (built once by the driver), and reports every
-`report_every` steps: `train/*` means over the interval, the step (ASHA's clock) and the
-objectives. At ASHA's rungs it runs a cheap battery (a subset of eval, small MDNs, h in {1, 4}) so
-the scheduler decides on `objective/rollout_k4`; until the first rung every report carries the
-surrogate (`objective/measured` = 0 says so). At the end: the full battery, reconstruction metrics,
-rollout WAVs, everything reported to Tune and logged to the trial's MLflow child run.
+A trial builds from its config (its seed from the sweep's seed and its number, `t007`), restores
+from `tune.get_checkpoint()` when Tune retries or resumes it, trains on the shared feature cache
+(built once by the driver), and reports every `report_every` steps: `train/*` means over the
+interval, the step (ASHA's clock) and the scheduler's metric. At ASHA's rungs it runs a cheap
+battery (a subset of eval, small MDNs, h in {1, 4}) and reports it under `probe/`, so the scheduler
+decides on `probe/objective/rollout_k4`; until the first rung every report carries the surrogate
+(`probe/measured` = 0 says so). Checkpoints (weights + AdamW state, resumable) come every
+`checkpoint_every` steps and at rungs; Tune keeps the latest. At the end: the full battery,
+reconstruction metrics, rollout WAVs, written into the trial's folder in Tune's storage
+(`evaluation/`), logged to the trial's MLflow child run, and reported with the trained weights alone
+as the final checkpoint.
 
 A loss that turns non-finite ends the trial cleanly as `diverged`: its last finite curves and the
 non-finite value are recorded, the searcher gets the surrogate, the sweep goes on.
@@ -28,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 import ray
 import torch
 from ray import tune
@@ -38,18 +43,30 @@ from models.codec import CodecSpec, MimiCodec
 from models.runtime import pick_device
 from models.training import StepSettings, VAETrainer, load_checkpoint, save_checkpoint
 from models.vae import BetaVAE, posterior_means
-from sweep.artifacts import log_trial_evaluation
-from sweep.config import ASHA_REDUCTION, Preset, TrialParams
+from sweep.artifacts import log_trial_evaluation, write_trial_files
+from sweep.config import Preset, TrialParams, rung_steps, trial_number, trial_seed
 from sweep.features import CropSampler, FeatureCache
-from sweep.objective import MEASURED, TIME_ATTR, objective_values, unmeasured
+from sweep.objective import (
+    COMPLETED,
+    DIVERGED,
+    PROBE,
+    STATUS,
+    TIME_ATTR,
+    objective_values,
+    pending,
+    probe_values,
+    unmeasured,
+)
 from sweep.tracking import SweepTracking, TrialRun
 
 log = logging.getLogger(__name__)
 
-STATUS = "status"  # completed | diverged (reported with the last result)
 WALL = "time/wall"  # epoch seconds of each report: sweep.bench aligns trials' step counts on it
 NODE_ID = "node_id"  # the Ray node of each report
 PROBE_HORIZONS = (1, 4)
+EVALUATION_FOLDER = "evaluation"  # in the trial's folder in Tune's storage: report, tables, plots, WAVs
+CHECKPOINT_MODEL = "vae"  # in each checkpoint: models.training's weights.pt (+ optimizer.pt), meta.json
+CHECKPOINT_PROBE = "objectives.json"  # in each checkpoint: the latest probe values, for a restored trial
 
 
 @dataclass(frozen=True)
@@ -63,30 +80,25 @@ class TrialContext:
     codec: str
     device: str  # "auto" | "cpu" | "cuda"
     threads: int  # torch threads per trial: its CPU share
-    seed: int
+    seed: int  # the sweep's; each trial's own follows from it and the trial's number (config.trial_seed)
     varied: tuple[str, ...]  # the parameters the space varies, for run names
     probes: bool = True  # cheap batteries at ASHA's rungs; without ASHA nobody reads them
     fixed: dict = field(default_factory=dict)  # --set values for parameters the space does not vary
     step: StepSettings = StepSettings()  # compile / fused optimizer (on a GPU; see StepSettings.fastest)
+    keep_optimizer: bool = False  # the final checkpoint keeps AdamW's state too (--keep-checkpoints > 1)
     tracking: SweepTracking | None = None  # None: no MLflow (the trainable alone, in tests)
-
-
-def rung_steps(train_steps: int, first: int, factor: int = ASHA_REDUCTION) -> list[int]:
-    """ASHA's milestones below the end of training: first, first * factor, ... (< train_steps)."""
-    rungs, step = [], first
-    while step < train_steps:
-        rungs.append(step)
-        step *= factor
-    return rungs
 
 
 def train_trial(config: dict, context: TrialContext) -> None:
     entered = time.perf_counter()
-    params = TrialParams.from_config({**context.fixed, **config}, context.preset, seed=context.seed)
+    name = tune.get_context().get_trial_name()
+    params = TrialParams.from_config(
+        {**context.fixed, **config}, context.preset, seed=trial_seed(context.seed, trial_number(name))
+    )
     torch.manual_seed(params.seed)
     torch.set_num_threads(max(1, context.threads))
     device = pick_device(context.device)
-    run = _child_run(context, params)
+    run = _child_run(context, params, name)
     node = {NODE_ID: ray.get_runtime_context().get_node_id()}  # which Ray node ran it (a retry may move it)
     if run:
         run.set_tags({"ray.node_id": node[NODE_ID]})
@@ -99,7 +111,7 @@ def train_trial(config: dict, context: TrialContext) -> None:
     if settings.compile:
         torch._dynamo.reset()  # a reused worker's earlier trials would count towards the recompile limit
     trainer = VAETrainer(BetaVAE(params.vae_config(context.preset), decoder), device, settings)
-    latest = _restore(trainer)
+    latest = _restore(trainer, params.train_steps)
     preset = context.preset
     crop_frames = round(preset.crop_seconds * codec.frame_rate)
     sampler = CropSampler(cache, list(context.train_ids), crop_frames, preset.batch_size, seed=params.seed)
@@ -119,30 +131,65 @@ def train_trial(config: dict, context: TrialContext) -> None:
             return _end_diverged(window, run, latest)
         if last:
             break
+        logged = curves
         if step in rungs:
             latest = clock.timed("probe", _probe, trainer, cache, context, params, device)
+            logged = {**curves, **latest}  # probe values go to MLflow under probe/ only, at their rung
         if run:
-            clock.timed("logging", run.log_metrics, {**curves, **latest}, step)
+            clock.timed("logging", run.log_metrics, logged, step)
         keep = step % preset.checkpoint_every == 0 or step in rungs
-        metrics = {TIME_ATTR: step, **curves, **latest, **node, WALL: time.time(), **clock.seconds()}
+        metrics = {
+            TIME_ATTR: step,
+            **curves,
+            **pending(),
+            **latest,
+            **node,
+            WALL: time.time(),
+            **clock.seconds(),
+        }
         clock.timed("checkpoint", _report, metrics, trainer if keep else None, latest)
-    evaluation = clock.timed("evaluation", _evaluate, trainer, cache, context, params, device)
-    values = objective_values(evaluation.metrics, params.dim, preset.max_recon_mel)
-    final = {TIME_ATTR: trainer.step, **curves, **evaluation.metrics, **values, **node, WALL: time.time()}
-    final.update({f"time/evaluation/{part}": seconds for part, seconds in evaluation.seconds.items()})
-    if device.type == "cuda":  # what fractional GPUs do not limit (ray#5902): sweep.bench reads it
-        final["gpu/peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    final[STATUS] = "completed"
-    if run:
-        clock.timed("logging", _log_final, run, final, evaluation, trainer.step)
-    with tempfile.TemporaryDirectory() as folder:
-        checkpoint = _write_checkpoint(Path(folder), trainer, values)
+    with tempfile.TemporaryDirectory() as scratch:
+        final = _finish(trainer, cache, context, params, device, run, latest, {**curves, **latest, **node},
+                        clock, Path(scratch))  # fmt: skip
         # GPU memory goes back before the last report: when Tune ends this worker right after it
         # (ASHA's max_t, the sweep's end), a training thread still holding CUDA tensors aborts the
         # process on its way out ("Fatal Python error: Aborted" in THPVariable_clear, seen on an H100).
-        del trainer, decoder, evaluation
+        del trainer, decoder
         _release_device_memory()
+        checkpoint = tune.Checkpoint.from_directory(Path(scratch) / "checkpoint")
         tune.report({**final, **clock.seconds()}, checkpoint=checkpoint)
+
+
+def _finish(trainer, cache, context, params, device, run, latest, reported, clock, scratch: Path) -> dict:
+    """The final battery, recon metrics and WAVs; the trial's files into its folder in Tune's storage
+    and MLflow; the final checkpoint (scratch/checkpoint: the trained weights, without the optimizer
+    state unless asked: training is over). Returns the final result."""
+    folder = scratch / EVALUATION_FOLDER
+    evaluation = clock.timed("evaluation", _evaluate, trainer, cache, context, params, device, folder)
+    values = objective_values(evaluation.metrics, params.dim, context.preset.max_recon_mel)
+    final = {**reported, TIME_ATTR: trainer.step, **evaluation.metrics, **values, WALL: time.time()}
+    final.update({f"time/evaluation/{part}": seconds for part, seconds in evaluation.seconds.items()})
+    if device.type == "cuda":  # what fractional GPUs do not limit (ray#5902): sweep.bench reads it
+        final["gpu/peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    final[STATUS] = COMPLETED
+    files = write_trial_files(evaluation, folder)
+    clock.timed("checkpoint", persist_trial_folder, folder)
+    if run:
+        clock.timed("logging", _log_final, run, final, evaluation, files, trainer.step)
+    _write_checkpoint(scratch / "checkpoint", trainer, latest, optimizer=context.keep_optimizer)
+    return final
+
+
+def persist_trial_folder(folder: Path) -> str:
+    """Copy `folder` into this trial's folder in Tune's storage (local, shared or s3://), as Tune copies
+    checkpoints. Ray's own trial directory (`get_trial_dir()`) is not that: a trial on a reused worker
+    or on another node gets a local staging folder that is never synced, so files written there were
+    lost after the first wave. Returns where they went."""
+    storage = tune.get_context().get_storage()
+    target = f"{storage.trial_fs_path}/{folder.name}"
+    storage.storage_filesystem.create_dir(target)
+    pafs.copy_files(str(folder), target, destination_filesystem=storage.storage_filesystem)
+    return target
 
 
 @functools.lru_cache(maxsize=2)
@@ -151,49 +198,54 @@ def _codec(spec: str) -> MimiCodec:
     return MimiCodec.from_spec(CodecSpec.parse(spec))
 
 
-def _child_run(context: TrialContext, params: TrialParams) -> TrialRun | None:
+def _child_run(context: TrialContext, params: TrialParams, name: str) -> TrialRun | None:
     if context.tracking is None:
         return None
     trial = tune.get_context()
     try:
-        return _find_or_create_run(context, params, trial)
+        return TrialRun.find_or_create(
+            context.tracking,
+            trial_id=trial.get_trial_id(),
+            name=f"{name} {params.label(context.varied)}",
+            params={**params.to_dict(), **{f"preset.{k}": v for k, v in context.preset.to_dict().items()}},
+            tags={"sweep.trial_name": name, "seed": str(params.seed)},
+        )
     except Exception as err:  # MLflow away: train anyway; `python -m sweep.sync` sends the results later
         log.warning("MLflow unreachable (%s): trial %s runs without it", err, trial.get_trial_id())
         return None
 
 
-def _find_or_create_run(context: TrialContext, params: TrialParams, trial) -> TrialRun:
-    return TrialRun.find_or_create(
-        context.tracking,
-        trial_id=trial.get_trial_id(),
-        name=params.label(context.varied),
-        params={**params.to_dict(), **{f"preset.{k}": v for k, v in context.preset.to_dict().items()}},
-        tags={"sweep.trial_name": trial.get_trial_name(), "seed": str(params.seed)},
-    )
-
-
-def _restore(trainer: VAETrainer) -> dict:
-    """Weights, optimiser and step from Tune's latest checkpoint; the objectives reported with it."""
+def _restore(trainer: VAETrainer, train_steps: int) -> dict:
+    """Weights, optimiser and step from Tune's latest checkpoint; the probe values reported with it.
+    A finished trial's checkpoint holds weights only: its trial then skips training and evaluates
+    again (the driver was killed between the trial's last report and Tune recording it)."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return unmeasured()
     with checkpoint.as_directory() as folder:
-        meta = load_checkpoint(Path(folder) / "vae", trainer)
+        meta = load_checkpoint(Path(folder) / CHECKPOINT_MODEL, trainer)
+        if not meta["resumable"] and trainer.step < train_steps:
+            raise RuntimeError(
+                f"checkpoint {checkpoint.path} holds weights at step {trainer.step} of {train_steps} but no "
+                "optimizer state, so training cannot continue from it; start the trial again."
+            )
         log.info("resumed from a checkpoint at step %d", meta["step"])
-        return json.loads((Path(folder) / "objectives.json").read_text())
+        return json.loads((Path(folder) / CHECKPOINT_PROBE).read_text())
 
 
-def _report(metrics: dict, trainer: VAETrainer | None, objectives: dict) -> None:
+def _report(metrics: dict, trainer: VAETrainer | None, probe: dict) -> None:
     if trainer is None:
         tune.report(metrics)
         return
     with tempfile.TemporaryDirectory() as folder:
-        tune.report(metrics, checkpoint=_write_checkpoint(Path(folder), trainer, objectives))
+        tune.report(metrics, checkpoint=_write_checkpoint(Path(folder), trainer, probe))
 
 
-def _write_checkpoint(folder: Path, trainer: VAETrainer, objectives: dict) -> tune.Checkpoint:
-    save_checkpoint(trainer, folder / "vae")
-    (folder / "objectives.json").write_text(json.dumps(objectives))
+def _write_checkpoint(
+    folder: Path, trainer: VAETrainer, probe: dict, optimizer: bool = True
+) -> tune.Checkpoint:
+    save_checkpoint(trainer, folder / CHECKPOINT_MODEL, optimizer=optimizer)
+    (folder / CHECKPOINT_PROBE).write_text(json.dumps(probe))
     return tune.Checkpoint.from_directory(folder)
 
 
@@ -204,7 +256,8 @@ def _release_device_memory() -> None:
 
 
 def _probe(trainer, cache, context: TrialContext, params: TrialParams, device) -> dict:
-    """The cheap battery at an ASHA rung: small MDNs on a subset; its k=4 rollout is the rung's metric."""
+    """The cheap battery at an ASHA rung: small MDNs on a subset; its k=4 rollout is the rung's metric.
+    Every value it returns is named under probe/."""
     preset = context.preset
     n_eval = preset.probe_utterances
     train_ids = context.train_ids[: 8 * n_eval]
@@ -218,19 +271,18 @@ def _probe(trainer, cache, context: TrialContext, params: TrialParams, device) -
         posterior_means(trainer.vae, [cache.latents(i) for i in eval_ids], device),
         config,
     )
-    values = objective_values(battery.metrics, params.dim)
-    probe = {f"probe/{k}": v for k, v in battery.metrics.items() if k.startswith(("rollout/k", "teacher/k"))}
-    return {**values, **probe}
+    return probe_values(battery.metrics, params.dim)
 
 
-def _evaluate(trainer, cache, context: TrialContext, params: TrialParams, device) -> TrialEvaluation:
+def _evaluate(
+    trainer, cache, context: TrialContext, params: TrialParams, device, folder: Path
+) -> TrialEvaluation:
     preset = context.preset
     eval_ids = list(context.eval_ids)
     config = EvalConfig.sized(
         preset.battery_hidden, preset.battery_steps, params.seed, device,
         recon_utterances=preset.recon_utterances, audio_utterances=preset.audio_utterances,
     )  # fmt: skip
-    folder = Path(tune.get_context().get_trial_dir()) / "evaluation"
     return evaluate_vae(
         trainer.vae,
         [cache.latents(i) for i in context.train_ids],
@@ -244,10 +296,9 @@ def _evaluate(trainer, cache, context: TrialContext, params: TrialParams, device
     )
 
 
-def _log_final(run: TrialRun, final: dict, evaluation: TrialEvaluation, step: int) -> None:
-    run.log_metrics(final, step)
-    folder = Path(tune.get_context().get_trial_dir()) / "evaluation"
-    log_trial_evaluation(run, evaluation, folder)
+def _log_final(run: TrialRun, final: dict, evaluation: TrialEvaluation, files: dict, step: int) -> None:
+    run.log_metrics({k: v for k, v in final.items() if not k.startswith(PROBE)}, step)
+    log_trial_evaluation(run, evaluation, files)
     run.set_tags({"rollout/horizon": str(int(final["rollout/horizon"]))})
 
 
@@ -255,10 +306,10 @@ def _end_diverged(window: _Window, run: TrialRun | None, latest: dict) -> None:
     """Report the divergence honestly and end the trial; the searcher sees the surrogate."""
     step, metrics, last_finite = window.diverged
     log.warning("training diverged at step %d: %s", step, metrics)
-    final = {**latest, **last_finite, **objective_values({}, 1, 0.0), MEASURED: 0.0, TIME_ATTR: step,
-             STATUS: "diverged", "diverged/step": step, "diverged/loss": metrics["train/loss"]}  # fmt: skip
+    final = {**latest, **last_finite, **objective_values({}, 1, 0.0), TIME_ATTR: step,
+             STATUS: DIVERGED, "diverged/step": step, "diverged/loss": metrics["train/loss"]}  # fmt: skip
     if run:
-        run.log_metrics(final, step)
+        run.log_metrics({k: v for k, v in final.items() if not k.startswith(PROBE)}, step)
         run.set_tags({"sweep.diverged_step": str(step)})
     tune.report(final)
 

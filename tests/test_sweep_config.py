@@ -1,21 +1,37 @@
 """Spaces, presets, objectives and the launcher's validation: fast, no Ray run."""
 
 import math
+import re
+import subprocess
 
 import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from helpers import launch_command
 from ray import tune
 
 from evaluation.report import metrics_report, tables_from_metrics
 from sweep import spaces
-from sweep.config import PRESETS, TrialParams
+from sweep.config import PRESETS, TrialParams, rung_steps, trial_name, trial_number, trial_seed
 from sweep.launch import describe, main, make_plan, parse_args
-from sweep.objective import CONSTRAINT, OBJECTIVES, SURROGATE, objective_values
+from sweep.objective import (
+    COMPLETED,
+    CONSTRAINT,
+    OBJECTIVES,
+    PROBE,
+    SCHEDULER_METRIC,
+    STATUS,
+    SURROGATE,
+    objective_values,
+    pending,
+    probe_values,
+    unmeasured,
+)
 from sweep.service import ConstrainedOptunaSearch
 from sweep.summary import pareto_mask
-from sweep.trainable import rung_steps
+
+LOG_LINE = re.compile(r"\d\d:\d\d:\d\d ")  # the launcher's own log lines (logging.basicConfig's format)
 
 
 def test_spaces_have_the_documented_domains():
@@ -72,8 +88,8 @@ def test_searcher_sets_the_constraint_and_never_tells_nan(tmp_path):
         seed=0,
     )
     for trial_id, result in [
-        ("a", {OBJECTIVES[0]: -1.0, OBJECTIVES[1]: -2.0, CONSTRAINT: 0.5}),
-        ("b", {OBJECTIVES[0]: math.nan, OBJECTIVES[1]: -2.0, CONSTRAINT: -1.0}),
+        ("a", {OBJECTIVES[0]: -1.0, OBJECTIVES[1]: -2.0, CONSTRAINT: 0.5, STATUS: COMPLETED}),
+        ("b", {OBJECTIVES[0]: math.nan, OBJECTIVES[1]: -2.0, CONSTRAINT: -1.0, STATUS: COMPLETED}),
     ]:
         searcher.suggest(trial_id)
         searcher.on_trial_complete(trial_id, result)
@@ -81,6 +97,42 @@ def test_searcher_sets_the_constraint_and_never_tells_nan(tmp_path):
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert trials[0].constraints == {"recon_mel": 0.5} and trials[1].constraints == {"recon_mel": -1.0}
     assert trials[1].values == [SURROGATE, -2.0]
+
+
+def test_a_trial_asha_stopped_is_pruned_for_optuna_with_its_probe_values(tmp_path):
+    """Its last result carries probe values only: Optuna must learn it as PRUNED, never COMPLETE."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    searcher = ConstrainedOptunaSearch(
+        space={"beta": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)},
+        metric=list(OBJECTIVES), mode=["min", "min"], study_name="s", storage=storage, seed=0,
+    )  # fmt: skip
+    searcher.suggest("stopped")
+    searcher.on_trial_complete("stopped", {"step": 500, SCHEDULER_METRIC: -0.7, PROBE + OBJECTIVES[1]: -1.1})
+    searcher.suggest("failed")
+    searcher.on_trial_complete("failed", {"step": 20}, error=True)
+    stopped, failed = optuna.load_study(study_name="s", storage=storage).trials
+    assert stopped.state == optuna.trial.TrialState.PRUNED and stopped.values is None
+    assert stopped.user_attrs == {"step": 500.0, SCHEDULER_METRIC: -0.7, PROBE + OBJECTIVES[1]: -1.1}
+    assert stopped.constraints is None or not stopped.constraints
+    assert failed.state == optuna.trial.TrialState.FAIL
+
+
+def test_probe_values_are_named_apart_from_final_ones():
+    probe = probe_values({"rollout/k4": -64.0, "rollout/finite/k4": 1.0, "teacher/k1": -32.0}, dim=32)
+    assert probe[SCHEDULER_METRIC] == -2.0 and probe["probe/objective/teacher_k1"] == -1.0
+    assert probe["probe/rollout/k4"] == -64.0 and probe["probe/measured"] == 1.0
+    assert all(k.startswith("probe/") for k in probe)
+    assert SCHEDULER_METRIC in unmeasured() and not any(k.startswith("objective/") for k in unmeasured())
+    assert pending() == {name: SURROGATE for name in OBJECTIVES}  # placeholders Tune insists on
+
+
+def test_trials_are_named_by_number_and_seeded_apart():
+    assert trial_name(7) == "t007" and trial_number("t007") == 7 and trial_number(trial_name(1234)) == 1234
+    with pytest.raises(ValueError, match="t<number>"):
+        trial_number("train_trial_ab12")
+    seeds = {trial_seed(s, n) for s in (0, 1) for n in range(64)}
+    assert len(seeds) == 128  # repeats differ, and so do two sweeps' trials
+    assert trial_seed(0, 0) == 0
 
 
 def test_pareto_mask():
@@ -112,6 +164,7 @@ def test_tables_rebuilt_from_flat_metrics():
         (["--space", "beta_dim", "--preset", "paper"], "pass --data"),
         (["--space", "beta_dim", "--data", "/no/such/folder"], "no such folder"),
         (["--space", "beta_dim", "--steps", "0"], "--steps must be >= 1"),
+        (["--space", "beta_dim", "--keep-checkpoints", "0"], "--keep-checkpoints must be >= 1"),
         (["--resume", "gone"], "no such experiment"),
         ([], "say which space"),
         (["--space", "beta_dim", "--mps"], "--mps needs a GPU"),
@@ -131,6 +184,27 @@ def test_empty_data_folder_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["--space", "beta_dim", "--data", "empty"]) == 2
     assert "--data empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--mlflow-uri", "http://127.0.0.1:9"], "http://127.0.0.1:9 is unreachable"),
+        (["--codec", "{empty}"], "has no config.json and no model.safetensors"),
+        (["--codec", "/no/such/mimi"], "--codec /no/such/mimi: no such folder"),
+    ],
+)
+def test_usage_errors_from_the_command_line_are_one_line_and_exit_2(extra, message, tmp_path):
+    """`python -m sweep.launch` runs launch.py as __main__: errors raised by the driver's modules must
+    still be caught there (they once escaped as a 15-line traceback, exit 1)."""
+    (tmp_path / "empty").mkdir()
+    extra = [arg.replace("{empty}", str(tmp_path / "empty")) for arg in extra]
+    argv = ["--space", "beta_dim", "--no-dashboard", *extra]
+    done = subprocess.run(launch_command(*argv), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if not LOG_LINE.match(line)]
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and not (tmp_path / "mlflow.db").exists()
 
 
 def test_unreachable_mlflow_fails_fast(tmp_path, monkeypatch, capsys):

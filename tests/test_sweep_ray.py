@@ -8,7 +8,7 @@ import time
 import optuna
 import pandas as pd
 import pytest
-from helpers import launch_command
+from helpers import check_trial_folder, folder_bytes, launch_command, trial_reports
 from mlflow import MlflowClient
 
 from sweep.launch import main
@@ -114,20 +114,36 @@ def test_grid_search_runs_the_space_exactly(ray_cluster, tmp_path, monkeypatch):
     assert not (tmp_path / "optuna.db").exists()
 
 
-@pytest.mark.slow
-def test_grid_runs_exactly_the_grid(ray_cluster, tmp_path, monkeypatch):
+def test_tiny_grid_leaves_every_trial_folder_complete_and_storage_bounded(
+    ray_cluster, tmp_path, monkeypatch, capsys
+):
+    """16 trials, two at a time on reused CPU workers: every trial's files land in its folder in Tune's
+    storage (they once stayed in Ray's temp folder after the first wave), each trial keeps at most 1.5x
+    its trained weights besides its evaluation files, and the summary says what the sweep stored."""
     monkeypatch.chdir(tmp_path)
-    argv = ["--space", "beta_dim", "--search", "grid", "--preset", "smoke", "--steps", "2"] + [
-        "--experiment",
-        "grid",
-    ]
-    assert main(argv) == 0
+    assert main(["--space", "beta_dim", "--search", "grid", "--preset", "tiny", "--experiment", "grid"]) == 0
+    out = capsys.readouterr().out
+    experiment = tmp_path / "sweep-results" / "grid"
+    folders = sorted(p for p in experiment.iterdir() if (p / "result.json").is_file())
+    assert [p.name for p in folders] == [f"t{i:03d}" for i in range(16)]
+    for folder in folders:
+        assert check_trial_folder(folder) == "completed"
+        weights = next(folder.glob("checkpoint_*/vae/weights.pt")).stat().st_size
+        assert folder_bytes(folder, skip="evaluation") <= 1.5 * weights, folder
+    pids = {r["pid"] for rows in trial_reports(experiment).values() for r in rows}
+    assert len(pids) < 16  # CPU trials did share workers: the reused-worker path was exercised
+    assert "Storage: " in out and "checkpoints" in out and "evaluation files" in out
+    assert "16 trials: 16 completed; 0 restarted after a failure." in out
+
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("grid").experiment_id
-    runs = client.search_runs([experiment], f"tags.`{ROLE_TAG}` = 'trial'")
-    assert len(runs) == 16
+    runs = client.search_runs(
+        [client.get_experiment_by_name("grid").experiment_id], f"tags.`{ROLE_TAG}` = 'trial'"
+    )
     pairs = {(float(r.data.params["beta"]), int(r.data.params["dim"])) for r in runs}
-    assert pairs == {(b, d) for b in (0.001, 0.01, 0.1, 1.0) for d in (16, 32, 64, 128)}
+    assert len(runs) == 16 and pairs == {(b, d) for b in (0.001, 0.01, 0.1, 1.0) for d in (16, 32, 64, 128)}
+    assert len({r.data.params["seed"] for r in runs}) == 16
+    summary = pd.read_csv(experiment / "summary" / "summary.csv")
+    assert sorted(summary["trial"]) == [p.name for p in folders] and (summary["failures"] == 0).all()
 
 
 def _finished_children(db):
@@ -183,7 +199,9 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path):
     assert "Sweep summary" in resumed.stdout
 
 
-def test_asha_decides_on_the_cheap_battery_and_stopped_runs_are_closed(ray_cluster, tmp_path, monkeypatch):
+def test_asha_decides_on_the_cheap_battery_and_stopped_trials_are_pruned(ray_cluster, tmp_path, monkeypatch):
+    """ASHA stops trials on probe values; those trials are PRUNED for Optuna (never COMPLETE with probe
+    values), off the Pareto front, listed apart in the summary, their MLflow runs KILLED."""
     monkeypatch.chdir(tmp_path)
     argv = ["--space", "beta_dim", "--scheduler", "asha", "--steps", "16", "--num-samples", "4"]
     assert main(argv + ["--experiment", "asha"]) == 0
@@ -198,5 +216,18 @@ def test_asha_decides_on_the_cheap_battery_and_stopped_runs_are_closed(ray_clust
         assert child.info.status in ("FINISHED", "KILLED")  # none left RUNNING
         expected = "completed" if child.info.status == "FINISHED" else "stopped early"
         assert child.data.tags["sweep.status"] == expected
+        if expected == "stopped early":  # nothing final-looking: probe values only, under probe/
+            assert not any(k.startswith("objective/") for k in child.data.metrics), child.data.metrics
     summary = pd.read_csv(tmp_path / "sweep-results" / "asha" / "summary" / "summary.csv")
+    stopped = summary[summary["status"] == "stopped early"]
     assert set(summary["status"]) <= {"completed", "stopped early"} and "completed" in set(summary["status"])
+    assert len(stopped) >= 1, "ASHA stopped no trial: nothing below was checked"
+    assert not stopped["pareto"].any() and stopped["objective/rollout_k4"].isna().all()
+    assert stopped["probe/objective/rollout_k4"].notna().all()
+    study = optuna.load_study(study_name="asha", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    states = {t.user_attrs.get("step"): t.state for t in study.trials if t.user_attrs}
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(pruned) == len(stopped) and all(t.values is None for t in pruned)
+    assert sorted(t.user_attrs["step"] for t in pruned) == sorted(stopped["step"].astype(float)), states
+    for name in stopped["trial"]:
+        assert check_trial_folder(tmp_path / "sweep-results" / "asha" / name) == "stopped early"

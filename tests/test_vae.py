@@ -120,6 +120,23 @@ def test_checkpoint_round_trip_gives_identical_outputs(codec, speech_batch, tmp_
     assert m1 == m2
 
 
+def test_a_checkpoint_without_optimizer_state_is_the_weights_alone(codec, speech_batch, tmp_path):
+    """A finished trial keeps its trained weights once: no AdamW moments (2x the weights)."""
+    trainer = make_trainer(codec, latent_dim=8, lambda_pred=0.1)
+    trainer.train_step(speech_batch)
+    full = save_checkpoint(trainer, tmp_path / "full")
+    final = save_checkpoint(trainer, tmp_path / "final", optimizer=False)
+    assert sorted(p.name for p in final.iterdir()) == ["meta.json", "weights.pt"]
+    size = {d.name: sum(p.stat().st_size for p in d.iterdir()) for d in (full, final)}
+    assert 2.5 < size["full"] / size["final"] < 3.5  # weights + Adam's two moments vs weights
+    restored = make_trainer(codec, latent_dim=8, lambda_pred=0.1)
+    meta = load_checkpoint(final, restored)
+    assert meta["step"] == restored.step == 1 and meta["resumable"] is False
+    assert load_checkpoint(full, make_trainer(codec, latent_dim=8, lambda_pred=0.1))["resumable"] is True
+    for a, b in zip(trainer.vae.state_dict().values(), restored.vae.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_checkpoint_overwrite_is_atomic_and_config_checked(codec, speech_batch, tmp_path):
     trainer = make_trainer(codec, latent_dim=8)
     save_checkpoint(trainer, tmp_path / "ckpt")
