@@ -440,7 +440,7 @@ def _finish(plan: SweepPlan, tracking: SweepTracking, grid) -> int:
             f"the results are safe in {plan.experiment_dir}. When MLflow is back:\n"
             f"  python -m sweep.sync {plan.experiment} --storage {plan.storage}\n"
         )
-    _print_summary(plan, tracking, summary, grid, frame)
+    _print_summary(plan, tracking, summary, grid)
     return 0 if not grid.errors else 1
 
 
@@ -482,21 +482,12 @@ def _load_study(plan: SweepPlan):
     return optuna.load_study(study_name=plan.experiment, storage=plan.optuna_uri)
 
 
-def trial_counts(frame) -> str:
-    """'16 trials: 12 completed, 4 stopped early; 0 restarted after a failure.'"""
-    counts = frame["status"].value_counts() if not frame.empty else {}
-    ended = ", ".join(f"{n} {status}" for status, n in counts.items()) or "none ran"
-    failed = int((frame["failures"] > 0).sum()) if "failures" in frame else 0
-    return f"{len(frame)} trials: {ended}; {failed} restarted after a failure."
-
-
-def _print_summary(plan: SweepPlan, tracking: SweepTracking, summary, grid, frame) -> None:
+def _print_summary(plan: SweepPlan, tracking: SweepTracking, summary, grid) -> None:
     print("\n# Sweep summary: " + plan.experiment + "\n")
-    print(summary.text())
+    print(summary.tables())
     for report in summary.best_reports:
         print(report)
-    print(trial_counts(frame) + "\n")
-    print("Verdict: " + summary.verdict + "\n")
+    print(summary.closing())
     if grid.errors:
         print(f"{len(grid.errors)} trials failed; their errors are in {plan.experiment_dir}\n")
     store = plan.mlflow_uri

@@ -91,8 +91,10 @@ class Summary:
     repeats: str = ""  # markdown: repeated configurations, mean / spread / n; "" if none
     storage: str = ""  # what the sweep's files take on disk
 
-    def text(self) -> str:
-        """The summary as printed and written to summary.md."""
+    counts: str = ""  # how the trials ended, and how many Tune restarted after a failure
+
+    def tables(self) -> str:
+        """The trials' tables: those that ran to their end, repeats, those ASHA stopped."""
         parts = [self.table]
         if self.repeats:
             parts.append("Repeated configurations (completed trials; mean, standard deviation, n):\n\n"
@@ -100,10 +102,18 @@ class Summary:
         if self.stopped:
             parts.append("Stopped early by ASHA (probe values: the cheap battery at the rung, "
                          "nats/dim; not comparable with the table above):\n\n" + self.stopped)  # fmt: skip
-        parts.append(self.verdict)
-        if self.storage:
-            parts.append(self.storage)
         return "\n\n".join(parts) + "\n"
+
+    def closing(self) -> str:
+        """How the trials ended, the verdict, the storage used."""
+        return (
+            "\n\n".join(part for part in (self.counts, "Verdict: " + self.verdict, self.storage) if part)
+            + "\n"
+        )
+
+    def text(self) -> str:
+        """The whole summary, as summary.md holds it."""
+        return self.tables() + "\n" + self.closing()
 
 
 def results_frame(
@@ -163,11 +173,16 @@ def summarise(frame: pd.DataFrame, study=None, best: int = 2) -> Summary:
         metrics_report(row.to_dict(), title=f"{row['trial']} {row['label']}")
         for _, row in eligible.head(best).iterrows()
     ]
-    verdict = decision_gate(configs)
+    verdict = (
+        decision_gate(configs)
+        if configs
+        else "no completed trial meets the reconstruction constraint: no verdict."
+    )
     excluded = not_counted(frame)
     if excluded:
         verdict += " Not counted: " + "; ".join(excluded) + "."
     return Summary(
+        counts=trial_counts(frame),
         table=_fmt_table(ran[SUMMARY_COLUMNS]) if not ran.empty else "(no trial ran to its end)",
         verdict=verdict,
         best_reports=reports,
@@ -175,6 +190,20 @@ def summarise(frame: pd.DataFrame, study=None, best: int = 2) -> Summary:
         stopped=_stopped_table(frame),
         repeats=_repeats_table(frame),
     )
+
+
+def trial_counts(frame: pd.DataFrame) -> str:
+    """'16 trials: 12 completed, 4 stopped early; 0 restarted after a failure.' (`failures`: a column
+    of restarts per trial, where the driver knows them.)"""
+    counts = frame["status"].value_counts()
+    order = [s for s in (COMPLETED, STOPPED, DIVERGED, "error") if s in counts] + sorted(
+        set(counts.index) - {COMPLETED, STOPPED, DIVERGED, "error"}
+    )
+    ended = ", ".join(f"{counts[status]} {status}" for status in order)
+    line = f"{len(frame)} trials: {ended}"
+    if "failures" in frame:
+        line += f"; {int((frame['failures'] > 0).sum())} restarted after a failure"
+    return line + "."
 
 
 def not_counted(frame: pd.DataFrame) -> list[str]:

@@ -78,6 +78,7 @@ def test_summary_lists_stopped_trials_apart_with_probe_values_and_aggregates_rep
     assert len(repeats) == 4  # header, rule, beta=0.01 dim=32, beta=0.0443 dim=16
     row = next(r for r in repeats if "beta=0.01 dim=32" in r)
     assert "| 2 " in row and "t000 t004" in row and "-0.750 ± 0.354" in row  # (-1.0, -0.5)
+    assert summary.counts == "7 trials: 5 completed, 1 stopped early, 1 diverged."
     text = summary.text()
     assert text.index(summary.table) < text.index("Stopped early") < text.index(summary.verdict)
 

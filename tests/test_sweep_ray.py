@@ -102,18 +102,6 @@ def test_trials_ran_concurrently(smoke_sweep):
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
 
 
-def test_grid_search_runs_the_space_exactly(ray_cluster, tmp_path, monkeypatch):
-    """The `steps` grid: 10k and 50k paper steps become 2 and 10 smoke steps; no Optuna study."""
-    monkeypatch.chdir(tmp_path)
-    assert main(["--space", "steps", "--search", "grid", "--steps", "2", "--experiment", "grid-steps"]) == 0
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("grid-steps").experiment_id
-    runs = client.search_runs([experiment], f"tags.`{ROLE_TAG}` = 'trial'")
-    assert sorted(int(r.data.params["train_steps"]) for r in runs) == [2, 10]
-    assert {r.data.params["beta"] for r in runs} == {"0.01"}  # the baseline for what the space does not vary
-    assert not (tmp_path / "optuna.db").exists()
-
-
 def test_tiny_grid_leaves_every_trial_folder_complete_and_storage_bounded(
     ray_cluster, tmp_path, monkeypatch, capsys
 ):
@@ -142,6 +130,10 @@ def test_tiny_grid_leaves_every_trial_folder_complete_and_storage_bounded(
     pairs = {(float(r.data.params["beta"]), int(r.data.params["dim"])) for r in runs}
     assert len(runs) == 16 and pairs == {(b, d) for b in (0.001, 0.01, 0.1, 1.0) for d in (16, 32, 64, 128)}
     assert len({r.data.params["seed"] for r in runs}) == 16
+    assert {(r.data.params["steps"], r.data.params["lambda_pred"]) for r in runs} == {
+        ("10000", "0.0")
+    }  # baseline
+    assert not (tmp_path / "optuna.db").exists()  # a grid asks no searcher
     summary = pd.read_csv(experiment / "summary" / "summary.csv")
     assert sorted(summary["trial"]) == [p.name for p in folders] and (summary["failures"] == 0).all()
 

@@ -1,0 +1,110 @@
+"""On a CUDA machine only (`pytest -m gpu`; CI has no GPU): the compiled step against the eager one on
+the full codec in bf16, and a paper-preset sweep of 8 trials at 4 per GPU, in 2 waves, with the compiled
+step, that must end with no errored and no retried trial and every trial's files in place.
+
+    pytest -m gpu -s                      # about 6 minutes on one H200
+"""
+
+import copy
+import shutil
+import subprocess
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+from helpers import check_trial_folder, launch_command, trial_reports
+from mlflow import MlflowClient
+
+from models.codec import MimiCodec
+from models.training import StepSettings, VAETrainer
+from models.vae import BetaVAE, VAEConfig
+from sweep.corpus import write_corpus
+from sweep.data import discover_audio
+from sweep.features import CropSampler, build_feature_cache
+from sweep.tracking import ROLE_TAG
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device (pytest -m gpu on a GPU box)"
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gpu") / "speech"
+    write_corpus(folder, source="bundled")
+    return folder
+
+
+def test_compiled_step_matches_the_eager_step_on_cuda_in_bf16(speech, tmp_path):
+    """The default GPU step (torch.compile, CUDA graphs, fused AdamW) computes the eager step's function
+    on the full random-init Mimi at the paper's batch (4 x 4 s): same loss terms and gradients from the
+    same weights, batch and noise (to bf16 rounding), and a loss curve that stays with the eager one."""
+    codec = MimiCodec.random_init("full", seed=0)
+    cache = build_feature_cache(discover_audio(speech)[:12], codec, tmp_path / "cache", device="cuda")
+    sampler = CropSampler(cache, list(range(len(cache))), crop_frames=50, batch_size=4, seed=0)
+    noise = torch.randn(4, 32, 50, generator=torch.Generator().manual_seed(0)).cuda()
+    rows, grads, curves = [], [], []
+    for settings in (StepSettings(), StepSettings.fastest("cuda")):
+        torch.manual_seed(0)
+        trainer = VAETrainer(
+            BetaVAE(VAEConfig(latent_dim=32), copy.deepcopy(codec.decoder)), "cuda", settings
+        )
+        rows.append(trainer.train_step_async(sampler.batch(0), noise).double().cpu())
+        grads.append(
+            torch.cat(
+                [p.grad.flatten().double().cpu() for p in trainer.vae.parameters() if p.grad is not None]
+            )
+        )
+        losses = [trainer.train_step_async(sampler.batch(i), noise)[-1] for i in range(1, 61)]
+        curves.append(torch.stack(losses).double().cpu())
+        del trainer
+        torch.cuda.empty_cache()
+    (eager, fast), (g_eager, g_fast) = rows, grads
+    terms_err = float(((fast - eager).abs() / eager.abs().clamp_min(1e-12)).max())
+    grad_err = float((g_fast - g_eager).norm() / g_eager.norm())
+    curve_diff = float(abs(curves[1][-20:].mean() / curves[0][-20:].mean() - 1))
+    print(f"\ncompiled vs eager: loss terms {terms_err:.2e}, gradients {grad_err:.2e}, "
+          f"last-20 mean loss {curve_diff:.2%}")  # fmt: skip
+    assert terms_err < 2e-2 and grad_err < 2e-2  # bf16 autocast: ~3e-3 measured on an H200
+    assert curve_diff < 0.1
+
+
+def test_paper_sweep_of_two_waves_ends_without_errors_or_retries(speech, tmp_path):
+    """8 Optuna trials at 4 per GPU (--max-concurrent 4: two waves on any number of GPUs), compiled
+    step, ASHA: the second wave's trials start where the first wave's ran, which once crashed them
+    (a reused worker's new thread and the compiled step's CUDA-graph trees)."""
+    argv = ["--space", "beta_dim", "--preset", "paper", "--codec", "random:full", "--data", str(speech),
+            "--steps", "200", "--num-samples", "8", "--gpus-per-trial", "0.25", "--max-concurrent", "4",
+            "--compile", "on", "--no-dashboard", "--experiment", "gpu-waves"]  # fmt: skip
+    if shutil.which("nvidia-cuda-mps-control"):
+        argv.append("--mps")
+    done = subprocess.run(launch_command(*argv), cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    log = done.stdout + done.stderr
+    (tmp_path / "driver.log").write_text(log)
+    assert done.returncode == 0, log[-5000:]
+    for crash in ("AssertionError", "Fatal Python error", "Segmentation fault"):
+        assert crash not in log, crash
+
+    experiment = tmp_path / "sweep-results" / "gpu-waves"
+    reports = trial_reports(experiment)
+    assert len(reports) == 8
+    statuses = {name: check_trial_folder(experiment / name) for name in reports}
+    assert set(statuses.values()) <= {"completed", "stopped early"} and "completed" in statuses.values()
+    for name, rows in reports.items():
+        assert len({r["pid"] for r in rows}) == 1, f"{name} ran in more than one process: it was retried"
+    summary = pd.read_csv(experiment / "summary" / "summary.csv")
+    assert (summary["failures"] == 0).all() and set(summary["status"]) <= {"completed", "stopped early"}
+    assert "8 trials: " in done.stdout and "0 restarted after a failure" in done.stdout
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    children = client.search_runs([client.get_experiment_by_name("gpu-waves").experiment_id],
+                                  f"tags.`{ROLE_TAG}` = 'trial'")  # fmt: skip
+    assert len(children) == 8 and all(c.data.tags["sweep.attempt"] == "1" for c in children)
+    study = optuna.load_study(study_name="gpu-waves", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    stopped = sum(s == "stopped early" for s in statuses.values())
+    assert sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials) == stopped
+    print("\n" + done.stdout[done.stdout.index("# Sweep summary") :])
