@@ -47,7 +47,8 @@ from models.vae import BetaVAE
 from sweep import throughput
 from sweep.config import PAPER_STEPS, PRESETS, Preset, TrialParams
 from sweep.corpus import write_corpus
-from sweep.data import discover_audio, select_utterances, split_by_speaker
+from sweep.data import DataError, discover_audio, select_utterances, split_by_speaker
+from sweep.errors import report_usage_error
 from sweep.features import CropSampler, build_feature_cache
 from sweep.objective import STATUS, TIME_ATTR
 from sweep.sync import trial_reports
@@ -94,15 +95,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
-    device = pick_device(args.device)
-    preset = PRESETS[args.preset]
-    workdir = Path(args.workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        device = pick_device(args.device)
+        if args.data and not Path(args.data).is_dir():
+            raise DataError(f"--data {args.data}: no such folder. Pass a folder of wav/flac files.")
+        preset = PRESETS[args.preset]
+        workdir = Path(args.workdir).resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        data = Path(args.data).resolve() if args.data else _bundled_corpus(workdir)
+        files = select_utterances(discover_audio(data), preset.max_utterances)
+    except (ValueError, DataError) as err:  # a bad --device or --data, before anything is measured
+        return report_usage_error(err)
     out = Path(args.out)
     results = _load(out, _machine(device))
-    data = Path(args.data).resolve() if args.data else _bundled_corpus(workdir)
     parts = args.parts.split(",")
-    files = select_utterances(discover_audio(data), preset.max_utterances)
     split = split_by_speaker(files, seed=0)  # (train, eval) as the sweeps split it
     if "tune" in parts:
         for mps in MPS_CHOICES[args.mps]:

@@ -51,3 +51,17 @@ def test_bench_runs_every_part_on_the_cpu_and_writes_json(corpus_dir, tmp_path, 
     assert bench.main([*argv, "--parts", "battery", "--battery-utterances", "24"]) == 0
     again = json.loads(out.read_text())
     assert again["battery"]["utterances"] == 24 and again["tune"] == results["tune"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--data", "/no/such/folder"], "--data /no/such/folder: no such folder"),
+        (["--device", "tpu"], "device 'tpu' is not one of"),
+    ],  # fmt: skip
+)
+def test_bad_bench_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    assert bench.main([*argv, "--parts", "step", "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not (tmp_path / "w").exists()
