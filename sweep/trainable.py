@@ -194,7 +194,7 @@ def persist_trial_folder(folder: Path) -> str:
 
 @functools.lru_cache(maxsize=2)
 def _codec(spec: str) -> MimiCodec:
-    """One codec per worker process: Tune reuses workers across trials (reuse_actors)."""
+    """One codec per worker process (CPU trials share workers: reuse_actors)."""
     return MimiCodec.from_spec(CodecSpec.parse(spec))
 
 

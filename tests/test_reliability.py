@@ -150,6 +150,7 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path):
         time.sleep(0.3)
     os.kill(victim[1], signal.SIGKILL)
     assert driver.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    assert "2 trials: 2 completed; 1 restarted after a failure." in (tmp_path / "driver.log").read_text()
 
     rows = trial_reports(experiment)[victim[0]]
     pids = [r["pid"] for r in rows]
