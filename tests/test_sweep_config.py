@@ -165,6 +165,7 @@ def test_tables_rebuilt_from_flat_metrics():
         (["--space", "beta_dim", "--data", "/no/such/folder"], "no such folder"),
         (["--space", "beta_dim", "--steps", "0"], "--steps must be >= 1"),
         (["--space", "beta_dim", "--keep-checkpoints", "0"], "--keep-checkpoints must be >= 1"),
+        (["--space", "beta_dim", "--codec", "/no/such/mimi"], "--codec /no/such/mimi: no such folder"),
         (["--resume", "gone"], "no such experiment"),
         ([], "say which space"),
         (["--space", "beta_dim", "--mps"], "--mps needs a GPU"),
@@ -191,7 +192,6 @@ def test_empty_data_folder_is_refused(tmp_path, monkeypatch, capsys):
     [
         (["--mlflow-uri", "http://127.0.0.1:9"], "http://127.0.0.1:9 is unreachable"),
         (["--codec", "{empty}"], "has no config.json and no model.safetensors"),
-        (["--codec", "/no/such/mimi"], "--codec /no/such/mimi: no such folder"),
     ],
 )
 def test_usage_errors_from_the_command_line_are_one_line_and_exit_2(extra, message, tmp_path):
