@@ -19,6 +19,7 @@ probe values.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -77,6 +78,10 @@ STOPPED_COLUMNS = {
     SCHEDULER_METRIC: "probe rollout_k4",
     PROBE + TEACHER_OBJECTIVE: "probe teacher_k1",
 }
+# A configuration: a trial's identity but its seed. Repeats share all of these exactly.
+CONFIGURATION = tuple(
+    f.name for f in dataclasses.fields(TrialParams) if f.name not in ("seed", "train_steps")
+)
 # What a repeated configuration shows: mean, spread and n over its completed trials.
 REPEAT_METRICS = ("rollout/k4_per_dim", "teacher/k1_per_dim", "recon/mel")
 
@@ -90,7 +95,6 @@ class Summary:
     stopped: str = ""  # markdown: the trials ASHA stopped, with their probe values; "" if none
     repeats: str = ""  # markdown: repeated configurations, mean / spread / n; "" if none
     storage: str = ""  # what the sweep's files take on disk
-
     counts: str = ""  # how the trials ended, and how many Tune restarted after a failure
 
     def tables(self) -> str:
@@ -232,12 +236,11 @@ def _stopped_table(frame: pd.DataFrame) -> str:
 
 def _repeats_table(frame: pd.DataFrame) -> str:
     completed = frame[frame["status"] == COMPLETED]
-    groups = completed.groupby("label", sort=False)
     rows = []
-    for label, group in groups:
+    for _, group in completed.groupby(list(CONFIGURATION), sort=False):  # exact values, not the label
         if len(group) < 2:
             continue
-        row = {"label": label, "n": len(group), "trials": " ".join(group["trial"])}
+        row = {"label": group["label"].iloc[0], "n": len(group), "trials": " ".join(group["trial"])}
         for metric in REPEAT_METRICS:
             values = group[metric].astype(float)
             row[metric] = f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
