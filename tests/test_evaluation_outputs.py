@@ -1,12 +1,15 @@
 """Reconstruction metrics, rollout audio and the report tables."""
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from reference.signals import signal_pairs
 
 from evaluation.audio import AudioExample, rollout_latents, safe_name, vae_decoder, write_rollout_audio
 from evaluation.recon import mel_distance, waveform_l1
@@ -25,6 +28,17 @@ def test_recon_metrics_zero_for_identical_signals(speech):
     assert waveform_l1(speech, speech) == 0.0
     batch = torch.from_numpy(np.stack([speech, speech]))[:, None]
     assert mel_distance(batch, batch) == 0.0
+
+
+def test_mel_distance_is_dacs_mel_loss_as_its_base_yml_sets_it():
+    """Reference values from descript-audio-codec's own MelSpectrogramLoss (pow 1, Slaney filters,
+    windows 32..2048): tests/reference/dac_mel_reference.py wrote them."""
+    reference = json.loads((Path(__file__).parent / "reference" / "dac_mel.json").read_text())
+    assert reference["config"]["pow"] == 1.0 and reference["config"]["mag_weight"] == 0.0
+    pairs = signal_pairs()
+    assert set(reference["values"]) == set(pairs)
+    for name, (pred, target) in pairs.items():
+        assert mel_distance(pred, target) == pytest.approx(reference["values"][name], rel=1e-4), name
 
 
 def test_recon_metrics_grow_with_noise(speech):
