@@ -28,6 +28,8 @@ from torch import nn
 from transformers import MimiConfig, MimiModel
 from transformers.models.mimi.modeling_mimi import MimiConv1d
 
+from models.runtime import private_rng
+
 log = logging.getLogger(__name__)
 
 MIMI_MODEL_ID = "kyutai/mimi"
@@ -143,8 +145,7 @@ class MimiCodec(nn.Module):
     def random_init(cls, size: str = "reduced", seed: int = 0) -> MimiCodec:
         """A random-init Mimi: 'full' (79 M parameters) or 'reduced' (15 M). Same seed, same weights."""
         spec = CodecSpec(source="random", model="", revision="", size=size, seed=seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with private_rng(seed):
             model = MimiModel(MimiConfig(**CODEC_SIZES[size]))
         return cls(model, spec)
 

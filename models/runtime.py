@@ -1,4 +1,4 @@
-"""Device and precision, decided in one place (STYLE.md 9).
+"""Device, precision and seeded set-up, decided in one place (STYLE.md 9).
 
 bf16 autocast pays on CUDA (tensor cores, half the activation memory) and is not used on the
 CPU, where bf16 matmuls are slower than fp32 on most machines and losses would be noisier.
@@ -7,7 +7,8 @@ CPU, where bf16 matmuls are slower than fp32 on most machines and losses would b
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -47,3 +48,13 @@ def autocast(device: torch.device):
     if dtype is None:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextmanager
+def private_rng(seed: int) -> Iterator[None]:
+    """Run the block on torch's CPU generator seeded with `seed`, then give the caller its generator
+    back as it was: seeded set-up (a random-init codec, the battery's MDN weights) stays repeatable
+    without resetting the trial's own random stream (its batches and reparameterisation noise)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -430,7 +430,7 @@ def _finish(plan: SweepPlan, tracking: SweepTracking, grid) -> int:
         return 130
     frame = results_frame(grid, plan.varied, plan.preset, plan.seed, fixed=plan.fixed)
     frame["failures"] = frame["trial_id"].map(trial_failures(plan.experiment_dir)).fillna(0).astype(int)
-    summary = summarise(frame, _load_study(plan))
+    summary = summarise(frame, _load_study(plan), codec=plan.codec)
     summary.storage = storage_report(plan, tracking)
     try:
         publish_summary(tracking, frame, summary, plan.summary_dir)

@@ -110,10 +110,8 @@ class Summary:
 
     def closing(self) -> str:
         """How the trials ended, the verdict, the storage used."""
-        return (
-            "\n\n".join(part for part in (self.counts, "Verdict: " + self.verdict, self.storage) if part)
-            + "\n"
-        )
+        verdict = "Verdict:\n" + "\n".join(f"- {line}" for line in self.verdict.splitlines())
+        return "\n\n".join(part for part in (self.counts, verdict, self.storage) if part) + "\n"
 
     def text(self) -> str:
         """The whole summary, as summary.md holds it."""
@@ -167,9 +165,14 @@ def pareto_mask(values: np.ndarray) -> np.ndarray:
     return front
 
 
-def summarise(frame: pd.DataFrame, study=None, best: int = 2) -> Summary:
+def summarise(frame: pd.DataFrame, study=None, best: int = 2, codec: str = "") -> Summary:
+    """The summary of a sweep's results frame. `codec`: the sweep's codec; a random-init one makes the
+    verdict say that the sweep checked the plumbing and found nothing about Mimi's latents."""
+    plumbing = plumbing_note(codec)
     if frame.empty:
-        return Summary("(no trials)", decision_gate({}), [], importances(study))
+        return Summary(
+            "(no trials)", "\n".join(filter(None, [decision_gate({}), plumbing])), [], importances(study)
+        )
     ran = frame[frame["status"] != STOPPED]
     eligible = frame[frame["feasible"]]
     configs = {f"{row['trial']} ({row['label']})": row.to_dict() for _, row in eligible.iterrows()}
@@ -184,7 +187,9 @@ def summarise(frame: pd.DataFrame, study=None, best: int = 2) -> Summary:
     )
     excluded = not_counted(frame)
     if excluded:
-        verdict += " Not counted: " + "; ".join(excluded) + "."
+        verdict += "\nNot counted: " + "; ".join(excluded) + "."
+    if plumbing:
+        verdict += "\n" + plumbing
     return Summary(
         counts=trial_counts(frame),
         table=_fmt_table(ran[SUMMARY_COLUMNS]) if not ran.empty else "(no trial ran to its end)",
@@ -194,6 +199,15 @@ def summarise(frame: pd.DataFrame, study=None, best: int = 2) -> Summary:
         stopped=_stopped_table(frame),
         repeats=_repeats_table(frame),
     )
+
+
+def plumbing_note(codec: str) -> str:
+    """For a random-init codec: the verdict's reminder that nothing was measured about Mimi."""
+    if not codec.startswith("random:"):
+        return ""
+    return (f"Plumbing check, not a finding: the codec is random-init ({codec}), so these numbers say "
+            "nothing about Mimi's latents; run with the pretrained codec (--codec kyutai/mimi) for the "
+            "research question.")  # fmt: skip
 
 
 def trial_counts(frame: pd.DataFrame) -> str:

@@ -13,7 +13,13 @@ from reference.signals import signal_pairs
 
 from evaluation.audio import AudioExample, rollout_latents, safe_name, vae_decoder, write_rollout_audio
 from evaluation.recon import mel_distance, waveform_l1
-from evaluation.report import battery_report, decision_gate, passes_gate, rollout_markdown
+from evaluation.report import (
+    battery_report,
+    decision_gate,
+    finite_and_informative_at,
+    finite_at,
+    rollout_markdown,
+)
 from models.mdn import MDN
 from models.vae import BetaVAE, VAEConfig
 
@@ -138,14 +144,25 @@ def test_rollout_markdown_shows_non_finite_values_as_they_are():
     assert "inf" in text and "NO" in text and "-40.000" in text
 
 
-def test_decision_gate_both_ways():
+def test_both_gates_each_named_in_the_verdict():
     good = {"rollout/k4": -1.5, "rollout/finite/k4": 1.0, "rollout/horizon": 4.0}
-    dead = {"rollout/k4": math.inf, "rollout/finite/k4": 0.0, "rollout/horizon": 2.0}
-    useless = {"rollout/k4": 0.3, "rollout/finite/k4": 1.0, "rollout/horizon": 1.0}
-    assert passes_gate(good) and not passes_gate(dead) and not passes_gate(useless)
-    verdict = decision_gate({"beta=0.01 dim=32": dead, "beta=0.1 dim=16": good})
-    assert verdict.startswith("k=4 rollout finite and informative for configs: beta=0.1 dim=16")
-    assert decision_gate({"a": dead, "b": useless}).startswith("ceiling holds at k=2")
+    dead = {
+        "rollout/k4": 3e60,
+        "rollout/finite/k4": 0.0,
+        "rollout/horizon": 2.0,
+    }  # float64-finite, float32 not
+    useless = {"rollout/k4": 0.3, "rollout/finite/k4": 1.0, "rollout/horizon": 1.0}  # finite, uninformative
+    assert finite_and_informative_at(good) and not finite_and_informative_at(dead)
+    assert finite_at(useless) and not finite_and_informative_at(useless) and not finite_at(dead)
+    research, strict = decision_gate({"t000 (a)": dead, "t001 (b)": good}).splitlines()
+    assert research.startswith("research gate (a finite k=4 rollout): MET by t001 (b);")
+    assert strict.startswith(
+        "strict gate (a finite and informative k=4 rollout (delta-NLL < 0)): MET by t001"
+    )
+    research, strict = decision_gate({"a": dead, "b": useless}).splitlines()
+    assert "MET by b;" in research and "breakable" in research  # the research's own test is passed...
+    assert strict.startswith("strict gate") and "not met by any of 2" in strict and "k=2 at best" in strict
+    assert decision_gate({}) == "no configuration counts: no verdict."
 
 
 def test_battery_report_has_every_section():

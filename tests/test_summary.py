@@ -80,15 +80,23 @@ def test_summary_lists_stopped_trials_apart_with_probe_values_and_aggregates_rep
     assert "| 2 " in row and "t000 t004" in row and "-0.750 ± 0.354" in row  # (-1.0, -0.5)
     assert summary.counts == "7 trials: 5 completed, 1 stopped early, 1 diverged."
     text = summary.text()
-    assert text.index(summary.table) < text.index("Stopped early") < text.index(summary.verdict)
+    assert text.index(summary.table) < text.index("Stopped early") < text.index("Verdict:")
 
 
 def test_verdict_counts_only_completed_feasible_trials_and_names_the_rest(frame):
-    verdict = summarise(frame).verdict
-    assert "t000 (beta=0.01 dim=32)" in verdict.split("Not counted")[0]
-    counted = verdict.split("Not counted")[0]
-    assert "t003" not in counted and "t002" not in counted
-    rest = verdict.split("Not counted:")[1]
-    assert "t003 (beta=0.1 dim=64): recon/mel 9 over the limit" in rest
+    research, strict, rest = summarise(frame).verdict.splitlines()
+    assert research.startswith("research gate (a finite k=4 rollout): MET by t000 (beta=0.01 dim=32)")
+    assert strict.startswith("strict gate (a finite and informative k=4 rollout")
+    assert "t003" not in research + strict and "t002" not in research + strict
+    assert rest.startswith("Not counted: ")
+    assert "t003 (beta=0.1 dim=64): recon/mel 9 over the limit 4" in rest
     assert "t002 (beta=1 dim=128): stopped early by ASHA at step 2500" in rest
     assert "t006 (beta=1 dim=16): diverged at step 7" in rest
+
+
+def test_a_random_init_codec_makes_the_verdict_a_plumbing_check(frame):
+    verdict = summarise(frame, codec="random:full").verdict
+    assert verdict.splitlines()[-1].startswith("Plumbing check, not a finding: the codec is random-init")
+    assert "Plumbing" not in summarise(frame, codec="kyutai/mimi").verdict
+    closing = summarise(frame, codec="random:full").closing()
+    assert closing.count("\n- ") == 4 and "Verdict:\n- research gate" in closing
