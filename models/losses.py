@@ -58,3 +58,12 @@ def context_windows(latents: torch.Tensor, context: int) -> tuple[torch.Tensor, 
     ctx = windows[:, :, :context].reshape(b * (f - context), context * d)
     nxt = windows[:, :, context].reshape(b * (f - context), d)
     return ctx, nxt
+
+
+def delta_prediction_loss(predictor: torch.nn.Module, latents: torch.Tensor, context: int) -> torch.Tensor:
+    """L_pred as the group's code defines it: the mean squared error of `predictor`'s guess of the
+    change z_{t+1} - z_t from the W frames up to t, on the sampled (B, D, F) latents z (so its gradient
+    reaches the VAE through the reparameterisation, logvar included)."""
+    contexts, following = context_windows(latents.float(), context)  # (N, W * D), (N, D)
+    newest = contexts[:, -latents.shape[1] :]  # frame t: each row's last D values
+    return F.mse_loss(predictor(contexts), following - newest)

@@ -11,7 +11,9 @@
 Loss (DESIGN.md §2.3): multi-scale STFT + waveform L1 + beta * KL + lambda_smooth * L_smooth
 + lambda_pred * L_pred. A term whose weight is 0 is not added to the loss at all (and L_pred's
 predictor is not even built), so a zero weight means exactly zero influence on the gradients.
-L_smooth and L_pred act on the posterior means mu: the latents the diagnostics model.
+L_smooth acts on the posterior means mu, the latents the diagnostics model; L_pred, as in the
+group's code, on the sampled z: a small MLP predicts z_{t+1} - z_t from the W frames up to t, and
+its error trains both the MLP and, through the reparameterisation, the VAE.
 
 Speed (issue 7, measured by `python -m sweep.bench`): a batch-4 step leaves a GPU mostly idle and
 its time goes to launching many small kernels. `StepSettings` turns on what pays there:
@@ -107,7 +109,7 @@ class VAETrainer:
         reparameterisation's standard normal draw (fresh when None); fixing it makes a step repeatable."""
         cfg = self.config
         with autocast(self.device):
-            audio_hat, mu, logvar, _ = self.vae(batch.features, noise=noise)
+            audio_hat, mu, logvar, z = self.vae(batch.features, noise=noise)
         terms = {
             "stft": losses.multiscale_stft_loss(audio_hat, batch.audio, cfg.stft_windows),
             "l1": losses.waveform_l1(audio_hat, batch.audio),
@@ -121,8 +123,7 @@ class VAETrainer:
         if cfg.lambda_smooth > 0:
             loss = loss + cfg.lambda_smooth * terms["smooth"]
         if self.predictor is not None:
-            contexts, targets = losses.context_windows(mu.float(), cfg.pred_context)
-            terms["pred"] = torch.nn.functional.mse_loss(self.predictor(contexts), targets)
+            terms["pred"] = losses.delta_prediction_loss(self.predictor, z, cfg.pred_context)
             loss = loss + cfg.lambda_pred * terms["pred"]
         terms["loss"] = loss
         return terms

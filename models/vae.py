@@ -107,8 +107,9 @@ class BetaVAE(nn.Module):
 
 
 class LatentPredictor(nn.Module):
-    """The co-trained next-frame predictor of L_pred: W frames of D-d latents -> the next frame.
-    Two linear layers with a GELU between (hidden 256 by default)."""
+    """The co-trained predictor of L_pred: W frames of D-d latents -> the change to the next frame,
+    z_{t+1} - z_t (models.losses.delta_prediction_loss). Two linear layers with a GELU between
+    (hidden 256 by default)."""
 
     def __init__(self, latent_dim: int, context: int = 8, hidden: int = 256):
         super().__init__()
@@ -118,7 +119,7 @@ class LatentPredictor(nn.Module):
         )
 
     def forward(self, contexts: torch.Tensor) -> torch.Tensor:
-        """(N, W * D) -> (N, D)."""
+        """(N, W * D) contexts, oldest frame first -> (N, D) predicted changes."""
         return self.net(contexts)
 
 

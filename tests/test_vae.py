@@ -12,7 +12,7 @@ from models.training import (
     read_checkpoint_meta,
     save_checkpoint,
 )
-from models.vae import BetaVAE, VAEConfig
+from models.vae import BetaVAE, LatentPredictor, VAEConfig
 from sweep.corpus import BUNDLED_CORPUS
 from sweep.data import read_audio
 
@@ -86,6 +86,40 @@ def test_zero_beta_gives_kl_no_gradient(codec, speech_batch):
     terms = trainer.loss_terms(speech_batch)
     terms["recon"].backward()
     torch.testing.assert_close(trainer.vae.to_logvar.weight.grad, grad_zero_beta, rtol=0, atol=0)
+
+
+def test_delta_prediction_loss_targets_the_change_of_z():
+    """On latents whose every step adds a known change v, predicting v costs exactly 0 and predicting the
+    next frame itself does not: L_pred targets z_{t+1} - z_t (the group's definition)."""
+    v = torch.tensor([0.5, -1.0, 2.0])
+    z = (torch.randn(2, 3, 1) + v[None, :, None] * torch.arange(12.0)).requires_grad_()  # (B, D, F)
+    constant = lambda contexts: v.expand(len(contexts), 3)  # noqa: E731
+    assert losses.delta_prediction_loss(constant, z, context=4) < 1e-12  # float32 rounding of the ramp
+    next_frame = lambda contexts: contexts[:, -3:] + v  # noqa: E731  (the absolute next frame)
+    assert losses.delta_prediction_loss(next_frame, z, context=4) > 1.0
+
+
+def test_delta_predictor_learns_a_known_change():
+    """A ramp with a random slope per sequence: the change is the slope, readable from the context."""
+    torch.manual_seed(0)
+    predictor = LatentPredictor(latent_dim=2, context=3, hidden=32)
+    opt = torch.optim.Adam(predictor.parameters(), lr=3e-3)
+    for _ in range(400):
+        slope = torch.randn(16, 2, 1)
+        z = torch.randn(16, 2, 1) + slope * torch.arange(10.0)
+        loss = losses.delta_prediction_loss(predictor, z, context=3)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss < 0.02  # the slopes' variance is 1
+
+
+def test_pred_loss_reaches_the_vae_through_the_sampled_z(codec, speech_batch):
+    """L_pred acts on the sampled z, so its gradient reaches logvar too (it would not from mu)."""
+    trainer = make_trainer(codec, latent_dim=8, lambda_pred=1.0)
+    trainer.loss_terms(speech_batch)["pred"].backward()
+    assert trainer.vae.to_logvar.weight.grad.abs().sum() > 0
+    assert trainer.vae.to_mu.weight.grad.abs().sum() > 0
 
 
 def test_predictor_trains_with_its_own_lr(codec, speech_batch):
