@@ -1,15 +1,16 @@
 """Rollout audio (DESIGN.md §4): hear what an L-step free-running rollout does to speech.
 
-    paths = write_rollout_audio(examples, mdn1, decode, "out/audio")
+    written = write_rollout_audio(examples, mdn1, decode, "out/audio")
     # out/audio/<utt>_orig.wav, <utt>_recon.wav, <utt>_roll01.wav ... <utt>_roll16.wav
+    audio_levels(written)      # file, peak, clipped: one row per WAV
 
 For each utterance (latents z of shape (T, D)): s = floor(T / 3); frames [s, s + L) are replaced by
-MDN_1's free-running rollout from the true context before s, and the result is decoded. The
-decoded rollout is spliced into the plain reconstruction, so every sample outside the rollout
-window is the reconstruction's own (Mimi's decoder is causal, so the prefix would match anyway;
-without the splice the changed frames would leak into the decoder's transformer context after
-the window). Short fades (10 ms) inside the window's edges avoid clicks.
-24 kHz mono 16-bit PCM WAV, written with soundfile; samples are clipped to [-1, 1].
+MDN_1's free-running rollout from the true context before s, and the whole modified sequence is
+decoded. Nothing is spliced: what the decoder does after the window, with the rolled-out frames in
+its context, stays audible, as in the research's listening tests (Mimi's decoder is causal, so the
+samples before the window are the plain reconstruction's). 24 kHz mono 16-bit PCM WAV, written with
+soundfile; samples beyond [-1, 1] are clipped on writing, and each WAV's peak and clipped fraction
+are reported beside it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import soundfile as sf
 import torch
 
@@ -29,7 +31,6 @@ from models.mdn import MDN
 ROLLOUT_LENGTHS = (1, 2, 4, 8, 16)
 SAMPLE_RATE = 24_000
 FRAME_SIZE = 1920
-FADE_SAMPLES = 240  # 10 ms at 24 kHz
 
 
 @dataclass
@@ -62,19 +63,11 @@ def rollout_latents(
     return out
 
 
-def splice(
-    recon: np.ndarray, decoded: np.ndarray, begin: int, end: int, fade: int = FADE_SAMPLES
-) -> np.ndarray:
-    """`recon` with samples [begin, end) taken from `decoded`, faded in and out over `fade` samples inside."""
-    out = recon.copy()
-    fade = min(fade, (end - begin) // 2)
-    window = decoded[begin:end].copy()
-    if fade > 0:
-        ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
-        window[:fade] = recon[begin : begin + fade] * (1 - ramp) + window[:fade] * ramp
-        window[-fade:] = window[-fade:] * (1 - ramp) + recon[end - fade : end] * ramp
-    out[begin:end] = window
-    return out
+@dataclass
+class WrittenAudio:
+    path: Path
+    peak: float  # largest |sample| before clipping
+    clipped: float  # fraction of samples beyond [-1, 1], clipped on writing
 
 
 def write_rollout_audio(
@@ -85,28 +78,31 @@ def write_rollout_audio(
     lengths: Sequence[int] = ROLLOUT_LENGTHS,
     feedback: str = "mean",
     seed: int = 0,
-) -> list[Path]:
-    """Write orig, recon and one rollout WAV per length for each example; returns the paths written.
+) -> list[WrittenAudio]:
+    """Write orig, recon and one rollout WAV per length for each example; returns what was written.
     `decode` maps (T, D) latents to (T * 1920,) audio. Lengths that do not fit an utterance are skipped."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, mdn1 = [], _float64(mdn1)
     for ex in examples:
         name = safe_name(ex.utterance_id)
-        recon = np.asarray(decode(ex.latents), dtype=np.float32)
         written += [
             _write(out_dir / f"{name}_orig.wav", ex.audio),
-            _write(out_dir / f"{name}_recon.wav", recon),
+            _write(out_dir / f"{name}_recon.wav", decode(ex.latents)),
         ]
         start = max(len(ex.latents) // 3, mdn1.context)
         for length in lengths:
             if start + length > len(ex.latents):
                 continue
             rolled = rollout_latents(mdn1, ex.latents, start, length, feedback, seed)
-            decoded = np.asarray(decode(rolled), dtype=np.float32)
-            audio = splice(recon, decoded, start * FRAME_SIZE, (start + length) * FRAME_SIZE)
-            written.append(_write(out_dir / f"{name}_roll{length:02d}.wav", audio))
+            written.append(_write(out_dir / f"{name}_roll{length:02d}.wav", decode(rolled)))
     return written
+
+
+def audio_levels(written: Sequence[WrittenAudio]) -> pd.DataFrame:
+    """| file | peak | clipped |: one row per WAV, clipped as a fraction of its samples."""
+    rows = [{"file": w.path.name, "peak": w.peak, "clipped": w.clipped} for w in written]
+    return pd.DataFrame(rows, columns=["file", "peak", "clipped"])
 
 
 def vae_decoder(
@@ -135,6 +131,8 @@ def safe_name(utterance_id: str) -> str:
     return name or "utterance"
 
 
-def _write(path: Path, audio: np.ndarray) -> Path:
+def _write(path: Path, audio: np.ndarray) -> WrittenAudio:
+    audio = np.asarray(audio, dtype=np.float32)
+    over = np.abs(audio)
     sf.write(path, np.clip(audio, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
-    return path
+    return WrittenAudio(path, float(over.max(initial=0.0)), float((over > 1.0).mean()) if len(audio) else 0.0)

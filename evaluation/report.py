@@ -43,8 +43,19 @@ def recon_markdown(recon: Mapping[str, float]) -> str:
     return _markdown(pd.DataFrame({"metric": list(recon), "value": [float(v) for v in recon.values()]}))
 
 
-def battery_report(result, recon: Mapping[str, float] | None = None, title: str | None = None) -> str:
-    """One trial's report: rollout table, horizon, injection table, reconstruction."""
+def audio_markdown(levels: pd.DataFrame) -> str:
+    """| file | peak | clipped % |: each rollout WAV's level before it was clipped to [-1, 1]."""
+    shown = levels.assign(clipped=100 * levels["clipped"]).rename(columns={"clipped": "clipped %"})
+    return _markdown(shown[["file", "peak", "clipped %"]])
+
+
+def battery_report(
+    result,
+    recon: Mapping[str, float] | None = None,
+    title: str | None = None,
+    audio: pd.DataFrame | None = None,
+) -> str:
+    """One trial's report: rollout table, horizon, injection table, reconstruction, audio levels."""
     parts = [f"## {title}"] if title else []
     horizon = int(result.metrics["rollout/horizon"])
     parts += [
@@ -56,6 +67,9 @@ def battery_report(result, recon: Mapping[str, float] | None = None, title: str 
     ]
     if recon:
         parts += ["### Reconstruction", recon_markdown(recon)]
+    if audio is not None and len(audio):
+        parts += ["### Rollout audio (peak |sample| and the share clipped to [-1, 1] on writing)",
+                  audio_markdown(audio)]  # fmt: skip
     return "\n\n".join(parts) + "\n"
 
 

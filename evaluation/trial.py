@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from evaluation.audio import ROLLOUT_LENGTHS, AudioExample, vae_decoder, write_rollout_audio
+from evaluation.audio import ROLLOUT_LENGTHS, AudioExample, audio_levels, vae_decoder, write_rollout_audio
 from evaluation.diagnostics import BatteryConfig, BatteryResult, run_battery
 from evaluation.recon import mel_distance, waveform_l1
 from evaluation.report import battery_report
@@ -53,7 +54,8 @@ class TrialEvaluation:
     battery: BatteryResult
     recon: dict[str, float]
     wavs: list[Path]
-    report: str  # markdown: rollout, injection and reconstruction tables
+    audio_levels: pd.DataFrame  # file, peak, clipped: one row per WAV
+    report: str  # markdown: rollout, injection, reconstruction and audio-level tables
     seconds: dict[str, float]
 
 
@@ -81,16 +83,17 @@ def evaluate_vae(
     after_battery = time.perf_counter()
     decode = vae_decoder(vae, device)
     recon = reconstruction_metrics(decode, eval_z[: config.recon_utterances], eval_audio)
-    wavs = []
+    written = []
     if audio_dir is not None and config.audio_utterances:
         examples = [
             AudioExample(eval_ids[i], eval_z[i], np.asarray(eval_audio[i]))
             for i in range(min(config.audio_utterances, len(eval_z)))
         ]
-        wavs = write_rollout_audio(
+        written = write_rollout_audio(
             examples, battery.models["h1"], decode, audio_dir, config.rollout_lengths,
             config.battery.feedback, config.battery.seed,
         )  # fmt: skip
+    levels = audio_levels(written)
     seconds = {
         "battery": after_battery - started,
         "recon_audio": time.perf_counter() - after_battery,
@@ -99,8 +102,9 @@ def evaluate_vae(
         metrics={**battery.metrics, **recon},
         battery=battery,
         recon=recon,
-        wavs=wavs,
-        report=battery_report(battery, recon, title=title),
+        wavs=[w.path for w in written],
+        audio_levels=levels,
+        report=battery_report(battery, recon, title=title, audio=levels),
         seconds=seconds,
     )
 

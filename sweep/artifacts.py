@@ -4,7 +4,8 @@
     log_trial_evaluation(run, evaluation, files)      # the same, the rollout table, the WAVs -> MLflow
 
 Child run layout: `tables/rollout.csv` (+ `tables/rollout.json` via `log_table`, which MLflow can
-merge across runs), `tables/injection.csv`, `tables/injection_curves.csv`, `plots/injection.png`,
+merge across runs), `tables/injection.csv`, `tables/injection_curves.csv`, `tables/audio_levels.csv`
+(each WAV's peak and clipped share), `plots/injection.png`,
 `recon.json`, `report.md`, and the WAVs under `audio/` (MLflow's artifact viewer plays them).
 """
 
@@ -34,6 +35,7 @@ def write_trial_files(evaluation: TrialEvaluation, folder: Path) -> dict[str, li
             _csv(battery.rollout_table, tables / "rollout.csv"),
             _csv(battery.injection, tables / "injection.csv"),
             _csv(battery.injection_curves, tables / "injection_curves.csv"),
+            _csv(evaluation.audio_levels, tables / "audio_levels.csv"),
         ],
         "plots": [plot_injection_curves(battery.injection_curves, folder / "plots" / "injection.png")],
         None: [

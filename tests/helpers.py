@@ -21,7 +21,8 @@ def launch(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
 
 
 EVALUATION_FILES = ("report.md", "recon.json", "tables/rollout.csv", "tables/injection.csv",
-                    "tables/injection_curves.csv", "plots/injection.png")  # fmt: skip
+                    "tables/injection_curves.csv", "tables/audio_levels.csv",
+                    "plots/injection.png")  # fmt: skip
 WAV_KINDS = ("orig", "recon", "roll01", "roll02", "roll04", "roll08", "roll16")
 
 

@@ -11,7 +11,14 @@ import soundfile as sf
 import torch
 from reference.signals import signal_pairs
 
-from evaluation.audio import AudioExample, rollout_latents, safe_name, vae_decoder, write_rollout_audio
+from evaluation.audio import (
+    AudioExample,
+    audio_levels,
+    rollout_latents,
+    safe_name,
+    vae_decoder,
+    write_rollout_audio,
+)
 from evaluation.recon import mel_distance, waveform_l1
 from evaluation.report import (
     battery_report,
@@ -93,30 +100,48 @@ def test_rollout_latents_replace_only_the_window(vae_and_latents):
         rollout_latents(mdn, z, start=3, length=2)
 
 
-def test_rollout_wavs(vae_and_latents, tmp_path):
+def test_rollout_wavs_decode_the_whole_modified_sequence(vae_and_latents, tmp_path):
+    """No splicing: each rollout WAV is the decoder's output for the whole modified latent sequence, so
+    what the decoder does after the window stays audible; before it, Mimi's causal decoder gives the
+    plain reconstruction. Each WAV's peak and clipped share are reported."""
     vae, examples, mdn = vae_and_latents
-    paths = write_rollout_audio(examples, mdn, vae_decoder(vae), tmp_path)
-    names = sorted(p.name for p in paths)
+    decode = vae_decoder(vae)
+    written = write_rollout_audio(examples, mdn, decode, tmp_path)
+    names = {w.path.name for w in written}
     for utt in ("utt0", "utt1"):
-        expected = {f"{utt}_orig.wav", f"{utt}_recon.wav"} | {
+        assert {f"{utt}_orig.wav", f"{utt}_recon.wav"} | {
             f"{utt}_roll{n:02d}.wav" for n in (1, 2, 4, 8, 16)
-        }
-        assert expected <= set(names)
-    assert len(paths) == 14 and all(p.exists() for p in paths)
+        } <= names
+    assert len(written) == 14 and all(w.path.exists() for w in written)
+    pcm = 1.5 / 32768  # one 16-bit step, and rounding
     for ex in examples:
         frames = len(ex.latents)
         recon, rate = sf.read(tmp_path / f"{ex.utterance_id}_recon.wav")
         assert rate == 24000 and len(recon) == frames * 1920
-        orig, _ = sf.read(tmp_path / f"{ex.utterance_id}_orig.wav")
-        assert len(orig) == frames * 1920
+        assert len(sf.read(tmp_path / f"{ex.utterance_id}_orig.wav")[0]) == frames * 1920
         start = frames // 3
         for n in (1, 2, 4, 8, 16):
-            rolled, rate = sf.read(tmp_path / f"{ex.utterance_id}_roll{n:02d}.wav")
-            assert rate == 24000 and len(rolled) == len(recon)
+            rolled, _ = sf.read(tmp_path / f"{ex.utterance_id}_roll{n:02d}.wav")
+            decoded = np.clip(decode(rollout_latents(mdn, ex.latents, start, n)), -1, 1)
+            np.testing.assert_allclose(rolled, decoded, atol=pcm)  # the whole sequence, as decoded
             begin, end = start * 1920, (start + n) * 1920
-            np.testing.assert_array_equal(rolled[:begin], recon[:begin])
-            np.testing.assert_array_equal(rolled[end:], recon[end:])
-            assert not np.array_equal(rolled[begin:end], recon[begin:end])
+            np.testing.assert_allclose(
+                rolled[:begin], recon[:begin], atol=pcm
+            )  # causal: the prefix is recon's
+            assert not np.allclose(rolled[begin:end], recon[begin:end], atol=pcm)
+        assert not np.allclose(rolled[end:], recon[end:], atol=pcm)  # 16 rolled frames change what follows
+    levels = audio_levels(written)
+    assert list(levels["file"]) == [w.path.name for w in written]
+    assert ((levels["peak"] > 0) & (levels["clipped"] >= 0) & (levels["clipped"] <= 1)).all()
+
+
+def test_audio_levels_measure_before_clipping(tmp_path, vae_and_latents):
+    _, examples, mdn = vae_and_latents
+    loud = lambda z: np.concatenate([np.full(len(z) * 1920 // 2, 2.0), np.zeros(len(z) * 1920 // 2)])  # noqa: E731
+    written = write_rollout_audio(examples[:1], mdn, loud, tmp_path, lengths=(1,))
+    recon = next(w for w in written if w.path.name.endswith("_recon.wav"))
+    assert recon.peak == 2.0 and recon.clipped == 0.5
+    assert sf.read(recon.path)[0].max() == pytest.approx(1.0, abs=1e-4)
 
 
 def test_safe_names_never_leave_the_folder():
@@ -215,6 +240,10 @@ def test_evaluate_vae_gives_metrics_wavs_and_report(codec, feature_cache, tmp_pa
     assert len(result.wavs) == 4  # orig, recon, roll01, roll02
     assert all(p.exists() and p.parent == tmp_path for p in result.wavs)
     assert "tiny" in result.report and "recon/mel" in result.report
+    assert (
+        list(result.audio_levels["file"]) == [p.name for p in result.wavs]
+        and "### Rollout audio" in result.report
+    )
     assert set(result.seconds) == {"battery", "recon_audio"}
 
 
