@@ -118,6 +118,19 @@ def vae_decoder(
     return decode
 
 
+def codec_decoder(
+    codec: torch.nn.Module, device: torch.device | str = "cpu"
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A `decode` from a codec ((B, 512, F) -> (B, 1, F * 1920)): (F, 512) latents -> audio, fp32."""
+
+    @torch.no_grad()
+    def decode(latents: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(latents), dtype=torch.float32, device=device).T[None]  # (1, 512, F)
+        return codec.decode(x)[0, 0].float().cpu().numpy()
+
+    return decode
+
+
 def _float64(mdn: MDN) -> MDN:
     """A float64 eval-mode copy (scoring precision), or `mdn` itself if it already is one."""
     if next(mdn.parameters()).dtype == torch.float64:

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sweep import spaces, storage
-from sweep.config import PRESETS, SCHEDULERS, Preset, TrialParams, rung_steps
+from sweep.config import PRESETS, RECON_MARGIN, SCHEDULERS, Preset, TrialParams, rung_steps
 from sweep.errors import UsageError, report_usage_error
 from sweep.objective import OBJECTIVES, SCHEDULER_METRIC
 from sweep.throughput import BENCH_FILE
@@ -69,6 +69,9 @@ class SweepPlan:
     workdir: str = "."
     parent_run_id: str | None = None
     keep_checkpoints: int = 1  # checkpoints kept per trial; > 1 keeps AdamW's state to the end
+    recon_margin: float = RECON_MARGIN  # feasible: recon/mel <= recon_margin x the codec's own
+    max_recon_mel: float | None = None  # an absolute bound instead (--max-recon-mel)
+    codec_reference: dict = field(default_factory=dict)  # the codec's own recon/mel, recon/l1 (measured once)
     compile: str = "auto"  # --compile: auto | on | off
     fused_optimizer: bool = True
     mps: bool = False
@@ -79,6 +82,19 @@ class SweepPlan:
         if self.compile == "auto":
             return self.gpus_per_trial > 0 and self.max_train_steps() >= COMPILE_MIN_STEPS
         return self.compile == "on"
+
+    @property
+    def recon_bound(self) -> float:
+        """The reconstruction constraint's bound on recon/mel (once the codec reference is measured)."""
+        if self.max_recon_mel is not None:
+            return self.max_recon_mel
+        return self.recon_margin * self.codec_reference["recon/mel"]
+
+    def describe_constraint(self) -> str:
+        if self.max_recon_mel is not None:
+            return f"recon/mel <= {self.max_recon_mel:g}"
+        measured = f" = {self.recon_bound:.3g}" if self.codec_reference else ""
+        return f"recon/mel <= {self.recon_margin:g} x the codec's own{measured}"
 
     @property
     def experiment_dir(self) -> str:
@@ -201,6 +217,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     where.add_argument(
         "--cache", default=".cache/features", help="feature cache folder (default .cache/features)"
     )
+    what.add_argument(
+        "--recon-margin",
+        type=float,
+        default=RECON_MARGIN,
+        metavar="X",
+        help="the reconstruction constraint: a trial is feasible when its recon/mel is at most X times the "
+        "codec's own (encode -> decode without a bottleneck, measured on the same eval utterances at the "
+        "start of the sweep; default %(default)g)",
+    )
+    what.add_argument(
+        "--max-recon-mel",
+        type=float,
+        metavar="MEL",
+        help="an absolute bound on recon/mel instead of --recon-margin",
+    )
     where.add_argument(
         "--keep-checkpoints",
         type=int,
@@ -311,6 +342,10 @@ def make_plan(args: argparse.Namespace, workdir: Path) -> SweepPlan:
         cpus_per_trial=_check_cpus(args.cpus_per_trial),
         gpus_per_trial=_gpus_per_trial(args.gpus_per_trial, args),
         keep_checkpoints=_check_keep(args.keep_checkpoints),
+        recon_margin=_positive("--recon-margin", args.recon_margin),
+        max_recon_mel=None
+        if args.max_recon_mel is None
+        else _positive("--max-recon-mel", args.max_recon_mel),
         compile=args.compile,
         fused_optimizer=not args.no_fused_optimizer,
         mps=_check_mps(args),
@@ -380,6 +415,12 @@ def _check_cpus(cpus: float) -> float:
     if not cpus > 0:
         raise UsageError(f"--cpus-per-trial must be > 0, got {cpus}.")
     return cpus
+
+
+def _positive(flag: str, value: float) -> float:
+    if not (value > 0 and math.isfinite(value)):
+        raise UsageError(f"{flag} must be a positive number, got {value}.")
+    return value
 
 
 def _check_keep(value: int) -> int:
@@ -527,9 +568,10 @@ def describe(plan: SweepPlan, cpus: int, gpus: int) -> str:
             f"{plan.trial_count} trials of the exact grid"
             if plan.search == "grid"
             else f"{plan.trial_count} trials, multi-objective TPE minimising {' and '.join(OBJECTIVES)} "
-            f"(nats/dim), constraint recon/mel <= {preset.max_recon_mel:g}; first trial: the seed's "
+            f"(nats/dim) under the constraint below; first trial: the seed's "
             + ", ".join(f"{k}={v:g}" for k, v in spaces.baseline_point(plan.space).items())
         ),
+        f"  constraint  {plan.describe_constraint()} (feasible trials alone count for the verdict)",
         "  fixed       "
         + (
             ", ".join(f"{k}={v:g}" for k, v in plan.fixed.items())

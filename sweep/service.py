@@ -24,6 +24,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from evaluation.audio import codec_decoder
+from evaluation.trial import codec_reference
 from models.codec import CodecSpec, CodecWeightsMissing, MimiCodec
 from models.training import CHECKPOINT_OPTIMIZER, StepSettings
 from sweep import spaces, storage
@@ -56,6 +58,7 @@ from sweep.tracking import (
     check_reachable,
     end_trial_run,
     finish_sweep,
+    log_sweep_metrics,
     mlflow_artifact_bytes,
     open_sweep_tracking,
     reopen_sweep_tracking,
@@ -193,6 +196,8 @@ def _run(
         )
         plan.parent_run_id = tracking.parent_run_id
         plan.save()
+        log_sweep_metrics(tracking, {f"codec/{k}": v for k, v in plan.codec_reference.items()}
+                          | {"constraint/max_recon_mel": plan.recon_bound})  # fmt: skip
     context = dataclasses.replace(context, tracking=tracking)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, context=context),
@@ -224,6 +229,14 @@ def _prepare(plan: SweepPlan) -> tuple[TrialContext, dict]:
         raise DataError(
             f"{data}: after skipping unusable files, the train or eval split is empty; add speakers."
         )
+    if not plan.codec_reference:  # measured once per sweep; a resumed sweep keeps its own
+        reference_ids = eval_ids[: preset.recon_utterances]  # the utterances each trial's recon/* scores
+        plan.codec_reference = codec_reference(
+            codec_decoder(codec.to(device).eval(), device),
+            [cache.latents(i) for i in reference_ids],
+            [cache.audio(i) for i in reference_ids],
+        )
+        log.info("the codec's own reconstruction: %s", plan.codec_reference)
     fingerprint = spec.fingerprint()
     tags = {
         "git.commit": git_commit(Path(__file__).parent),
@@ -251,6 +264,7 @@ def _prepare(plan: SweepPlan) -> tuple[TrialContext, dict]:
         fixed=dict(plan.fixed),
         step=StepSettings(compile=plan.compiled, fused_optimizer=plan.fused_optimizer),
         keep_optimizer=plan.keep_checkpoints > 1,
+        max_recon_mel=plan.recon_bound,
     )
     return context, tags
 
@@ -328,7 +342,7 @@ def _sweep_params(plan: SweepPlan) -> dict:
         "compile": plan.compiled,
         "fused_optimizer": plan.fused_optimizer,
         "mps": plan.mps,
-        "max_recon_mel": plan.preset.max_recon_mel,
+        "constraint": plan.describe_constraint(),
         **{f"fixed.{k}": v for k, v in plan.fixed.items()},
     }
 
@@ -430,7 +444,7 @@ def _finish(plan: SweepPlan, tracking: SweepTracking, grid) -> int:
         return 130
     frame = results_frame(grid, plan.varied, plan.preset, plan.seed, fixed=plan.fixed)
     frame["failures"] = frame["trial_id"].map(trial_failures(plan.experiment_dir)).fillna(0).astype(int)
-    summary = summarise(frame, _load_study(plan), codec=plan.codec)
+    summary = summarise(frame, _load_study(plan), codec=plan.codec, reference=plan.codec_reference)
     summary.storage = storage_report(plan, tracking)
     try:
         publish_summary(tracking, frame, summary, plan.summary_dir)

@@ -165,9 +165,12 @@ def pareto_mask(values: np.ndarray) -> np.ndarray:
     return front
 
 
-def summarise(frame: pd.DataFrame, study=None, best: int = 2, codec: str = "") -> Summary:
+def summarise(
+    frame: pd.DataFrame, study=None, best: int = 2, codec: str = "", reference: dict | None = None
+) -> Summary:
     """The summary of a sweep's results frame. `codec`: the sweep's codec; a random-init one makes the
-    verdict say that the sweep checked the plumbing and found nothing about Mimi's latents."""
+    verdict say that the sweep checked the plumbing and found nothing about Mimi's latents.
+    `reference`: the codec's own recon/mel and recon/l1, shown as the table's first row."""
     plumbing = plumbing_note(codec)
     if frame.empty:
         return Summary(
@@ -192,13 +195,24 @@ def summarise(frame: pd.DataFrame, study=None, best: int = 2, codec: str = "") -
         verdict += "\n" + plumbing
     return Summary(
         counts=trial_counts(frame),
-        table=_fmt_table(ran[SUMMARY_COLUMNS]) if not ran.empty else "(no trial ran to its end)",
+        table=_trials_table(ran, reference),
         verdict=verdict,
         best_reports=reports,
         importances=importances(study),
         stopped=_stopped_table(frame),
         repeats=_repeats_table(frame),
     )
+
+
+def _trials_table(ran: pd.DataFrame, reference: dict | None) -> str:
+    """The trials that ran to their end, under a first row for the codec's own reconstruction (no
+    bottleneck): what a trial's recon/* compares with."""
+    rows = ran[SUMMARY_COLUMNS]
+    if reference:
+        codec = dict.fromkeys(SUMMARY_COLUMNS, "")
+        codec.update(trial="codec", label="codec only, no bottleneck", status="reference", **reference)
+        rows = pd.concat([pd.DataFrame([codec], columns=SUMMARY_COLUMNS), rows.astype(object)])
+    return _fmt_table(rows) if len(rows) else "(no trial ran to its end)"
 
 
 def plumbing_note(codec: str) -> str:

@@ -61,7 +61,12 @@ def sync_sweep(plan: SweepPlan, mlflow_uri: str | None = None) -> dict:
         sent["files"] += _send_files(run, trial.folder / "evaluation")
         sent["trials"] += 1
     frame = results_frame(trials, plan.varied, plan.preset, plan.seed, fixed=plan.fixed)
-    publish_summary(tracking, frame, summarise(frame, _load_study(plan), codec=plan.codec), plan.summary_dir)
+    publish_summary(
+        tracking,
+        frame,
+        summarise(frame, _load_study(plan), codec=plan.codec, reference=plan.codec_reference),
+        plan.summary_dir,
+    )
     return sent
 
 

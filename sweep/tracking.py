@@ -130,6 +130,13 @@ def reopen_sweep_tracking(uri: str, parent_run_id: str, tags: Mapping[str, str])
     return SweepTracking(uri, run.info.experiment_id, parent_run_id, dict(tags))
 
 
+def log_sweep_metrics(sweep: SweepTracking, metrics: Mapping[str, float]) -> None:
+    """Metrics of the sweep as a whole (the codec's reference reconstruction, the constraint's bound)."""
+    stamp = int(time.time() * 1000)
+    batch = [Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
+    MlflowClient(sweep.uri).log_batch(sweep.parent_run_id, metrics=batch)
+
+
 def finish_sweep(tracking: SweepTracking, status: str = "FINISHED") -> None:
     MlflowClient(tracking.uri).set_terminated(tracking.parent_run_id, status=status)
 

@@ -25,6 +25,7 @@ import functools
 import gc
 import json
 import logging
+import math
 import tempfile
 import time
 from collections import defaultdict
@@ -86,6 +87,7 @@ class TrialContext:
     fixed: dict = field(default_factory=dict)  # --set values for parameters the space does not vary
     step: StepSettings = StepSettings()  # compile / fused optimizer (on a GPU; see StepSettings.fastest)
     keep_optimizer: bool = False  # the final checkpoint keeps AdamW's state too (--keep-checkpoints > 1)
+    max_recon_mel: float = math.inf  # the constraint's bound (the driver resolves it: SweepPlan.recon_bound)
     tracking: SweepTracking | None = None  # None: no MLflow (the trainable alone, in tests)
 
 
@@ -166,7 +168,7 @@ def _finish(trainer, cache, context, params, device, run, latest, reported, cloc
     state unless asked: training is over). Returns the final result."""
     folder = scratch / EVALUATION_FOLDER
     evaluation = clock.timed("evaluation", _evaluate, trainer, cache, context, params, device, folder)
-    values = objective_values(evaluation.metrics, params.dim, context.preset.max_recon_mel)
+    values = objective_values(evaluation.metrics, params.dim, context.max_recon_mel)
     final = {**reported, TIME_ATTR: trainer.step, **evaluation.metrics, **values, WALL: time.time()}
     final.update({f"time/evaluation/{part}": seconds for part, seconds in evaluation.seconds.items()})
     if device.type == "cuda":  # what fractional GPUs do not limit (ray#5902): sweep.bench reads it

@@ -24,7 +24,7 @@ def _completed(name, beta, dim, rollout_k4, teacher_k1, recon_mel):
     metrics = {"rollout/k4": rollout_k4, "rollout/finite/k4": 1.0, "teacher/k1": teacher_k1,
                "rollout/k1": teacher_k1, "recon/mel": recon_mel, "rollout/horizon": 4.0, "step": 10_000,
                STATUS: COMPLETED, "trial_id": f"id_{name}"}  # fmt: skip
-    metrics.update(objective_values(metrics, dim, PAPER.max_recon_mel))
+    metrics.update(objective_values(metrics, dim, max_recon_mel=4.0))
     return SimpleNamespace(metrics=metrics, config={"beta": beta, "dim": dim}, error=None, path=f"/x/{name}")
 
 
@@ -100,3 +100,11 @@ def test_a_random_init_codec_makes_the_verdict_a_plumbing_check(frame):
     assert "Plumbing" not in summarise(frame, codec="kyutai/mimi").verdict
     closing = summarise(frame, codec="random:full").closing()
     assert closing.count("\n- ") == 4 and "Verdict:\n- research gate" in closing
+
+
+def test_the_codec_reference_is_the_tables_first_row(frame):
+    table = summarise(frame, reference={"recon/mel": 2.25, "recon/l1": 0.031}).table.splitlines()
+    codec = [c.strip() for c in table[2].split("|")[1:-1]]
+    assert codec[:4] == ["codec", "codec only, no bottleneck", "", "reference"]
+    assert codec[-4:-2] == ["2.250", "0.031"]
+    assert len(table) == 3 + 6  # header, rule, codec, the six trials that ran to their end

@@ -14,6 +14,7 @@ from ray import tune
 from evaluation.report import metrics_report, tables_from_metrics
 from sweep import spaces
 from sweep.config import PRESETS, TrialParams, rung_steps, trial_name, trial_number, trial_seed
+from sweep.errors import UsageError
 from sweep.launch import describe, main, make_plan, parse_args
 from sweep.objective import (
     COMPLETED,
@@ -222,6 +223,21 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, monkeypatch, capsys)
     assert "16 trials of the exact grid" in out and "trials at a time" in out
     assert "nothing was started" in out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_recon_constraint_is_relative_to_the_codec_unless_bounded(tmp_path):
+    relative = make_plan(parse_args(["--space", "beta_dim", "--recon-margin", "2"]), tmp_path)
+    assert relative.describe_constraint() == "recon/mel <= 2 x the codec's own"
+    relative.codec_reference = {"recon/mel": 3.0, "recon/l1": 0.1}
+    assert relative.recon_bound == 6.0 and relative.describe_constraint().endswith("= 6")
+    absolute = make_plan(parse_args(["--space", "beta_dim", "--max-recon-mel", "4.5"]), tmp_path)
+    absolute.codec_reference = {"recon/mel": 3.0}
+    assert absolute.recon_bound == 4.5 and absolute.describe_constraint() == "recon/mel <= 4.5"
+    assert "constraint  recon/mel <= 1.5 x the codec's own" in describe(
+        make_plan(parse_args(["--space", "beta_dim"]), tmp_path), cpus=2, gpus=0
+    )
+    with pytest.raises(UsageError, match="--recon-margin must be a positive number"):
+        make_plan(parse_args(["--space", "beta_dim", "--recon-margin", "0"]), tmp_path)
 
 
 def test_resource_arithmetic(tmp_path):

@@ -80,6 +80,12 @@ def test_mlflow_holds_one_parent_and_a_child_per_trial(smoke_sweep):
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert plots == {"plots/rollout_vs_h.png", "plots/pareto.png"}
     assert "verdict" in "".join(parent.data.tags) and parent.info.status == "FINISHED"
+    reference = parent.data.metrics["codec/recon/mel"]  # the codec's own, measured once by the driver
+    assert reference > 0 and parent.data.metrics["constraint/max_recon_mel"] == pytest.approx(1.5 * reference)
+    assert (
+        "| codec   | codec only, no bottleneck |"
+        in open(client.download_artifacts(parent.info.run_id, "summary.md")).read()
+    )
     summary = pd.read_csv(client.download_artifacts(parent.info.run_id, "summary.csv"))
     assert len(summary) == 4 and set(summary["status"]) == {"completed"}
 
