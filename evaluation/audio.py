@@ -1,4 +1,4 @@
-"""Rollout audio (DESIGN.md §4): hear what an L-step free-running rollout does to speech.
+"""Rollout audio (docs/science.md §4): hear what an L-step free-running rollout does to speech.
 
     written = write_rollout_audio(examples, mdn1, decode, "out/audio")
     # out/audio/<utt>_orig.wav, <utt>_recon.wav, <utt>_roll01.wav ... <utt>_roll16.wav

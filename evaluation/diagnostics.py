@@ -1,4 +1,4 @@
-"""The diagnostics battery (DESIGN.md §3): how far can a dynamics model roll out in a latent space?
+"""The diagnostics battery (docs/science.md §3): how far can a dynamics model roll out in a latent space?
 
     result = run_battery(train, eval, BatteryConfig(device="cuda"))
     result.rollout_table     # h, teacher, rollout, gap, finite (+ raw NLLs): one row per horizon

@@ -1,4 +1,4 @@
-"""Reconstruction metrics (DESIGN.md §4).
+"""Reconstruction metrics (docs/science.md §4).
 
     waveform_l1(pred, target)      # mean absolute sample error
     mel_distance(pred, target)     # multi-resolution log-mel L1, DAC / EnCodec convention

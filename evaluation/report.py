@@ -1,4 +1,4 @@
-"""Markdown tables in the shape of the seed's report, and the decision-gate verdict (DESIGN.md §1).
+"""Markdown tables in the shape of the seed's report, and the decision-gate verdict (docs/science.md §1).
 
     print(battery_report(result, recon={"recon/mel": 2.4, "recon/l1": 0.03}, title="beta=0.01 dim=32"))
     print(decision_gate({"beta=0.01 dim=32": metrics_a, "beta=0.1 dim=16": metrics_b}))  # one line a gate

@@ -1,4 +1,4 @@
-"""Everything a trial measures after training (DESIGN.md §2.4-2.6), in one call.
+"""Everything a trial measures after training (docs/science.md §2.4-2.6), in one call.
 
     result = evaluate_vae(vae, train_features, eval_features, eval_audio, eval_ids, EvalConfig(), "out/eval")
     result.metrics["rollout/k4"], result.metrics["recon/mel"], result.wavs, print(result.report)
@@ -31,12 +31,12 @@ from models.vae import BetaVAE, posterior_means
 class EvalConfig:
     battery: BatteryConfig = field(default_factory=BatteryConfig)
     recon_utterances: int = 32  # eval utterances decoded for recon/mel and recon/l1
-    audio_utterances: int = 10  # eval utterances given rollout WAVs (DESIGN §4); 0 writes none
+    audio_utterances: int = 10  # eval utterances given rollout WAVs (docs/science.md §4); 0 writes none
     rollout_lengths: tuple[int, ...] = ROLLOUT_LENGTHS
 
     @classmethod
     def sized(cls, hidden: int, steps: int, seed: int, device, **settings) -> EvalConfig:
-        """DESIGN's battery (2 hidden layers) at a chosen width and training-step budget."""
+        """The battery of docs/science.md §3 (2 hidden layers) at a chosen width and training-step budget."""
         battery = BatteryConfig(hidden=(hidden,) * 2, steps=steps, seed=seed, device=str(device))
         return cls(battery=battery, **settings)
 
@@ -126,5 +126,5 @@ def codec_reference(
     decode: Callable[[np.ndarray], np.ndarray], features: Sequence[np.ndarray], audio: Sequence[np.ndarray]
 ) -> dict[str, float]:
     """The codec's own reconstruction, no bottleneck, scored as a trial's: `decode` maps an utterance's
-    (F, 512) codec latents to its (F * 1920,) audio. The reference row of every sweep (DESIGN §4)."""
+    (F, 512) codec latents to its (F * 1920,) audio. The reference row of every sweep (docs/science.md §4)."""
     return reconstruction_metrics(decode, features, audio)

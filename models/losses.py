@@ -1,4 +1,4 @@
-"""Loss terms of the beta-VAE (DESIGN.md §2.3). Each returns a scalar tensor.
+"""Loss terms of the beta-VAE (docs/science.md §2.3). Each returns a scalar tensor.
 
 Shapes: audio (B, 1, N); latents (B, D, F) with F frames at 12.5 Hz.
 """

@@ -1,4 +1,4 @@
-"""Mixture density networks over latent frames (DESIGN.md §3).
+"""Mixture density networks over latent frames (docs/science.md §3).
 
     mdn = MDN(dim=32, context=8)                   # p(z_{t+h} | z_{t-7..t}), M = 8 diagonal Gaussians
     p0 = MDN(dim=32, context=0)                    # unconditional mixture p0(z), same head

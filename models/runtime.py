@@ -1,4 +1,4 @@
-"""Device, precision and seeded set-up, decided in one place (STYLE.md 9).
+"""Device, precision and seeded set-up, decided in one place.
 
 bf16 autocast pays on CUDA (tensor cores, half the activation memory) and is not used on the
 CPU, where bf16 matmuls are slower than fp32 on most machines and losses would be noisier.

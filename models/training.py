@@ -1,4 +1,4 @@
-"""One beta-VAE training step, usable without Ray (STYLE.md 3), and checkpoints.
+"""One beta-VAE training step, usable without Ray, and checkpoints.
 
     trainer = VAETrainer(BetaVAE(VAEConfig(latent_dim=32), codec.decoder), device)
     metrics = trainer.train_step(batch)      # {"train/loss": ..., "train/recon": ..., ...}
@@ -8,7 +8,7 @@
     save_checkpoint(trainer, "final/", optimizer=False)                     # the trained model alone
     load_checkpoint("ckpt/", trainer)
 
-Loss (DESIGN.md §2.3): multi-scale STFT + waveform L1 + beta * KL + lambda_smooth * L_smooth
+Loss (docs/science.md §2.3): multi-scale STFT + waveform L1 + beta * KL + lambda_smooth * L_smooth
 + lambda_pred * L_pred. A term whose weight is 0 is not added to the loss at all (and L_pred's
 predictor is not even built), so a zero weight means exactly zero influence on the gradients.
 L_smooth acts on the posterior means mu, the latents the diagnostics model; L_pred, as in the

@@ -1,4 +1,4 @@
-"""The beta-VAE on top of Mimi's latents (DESIGN.md §2.3).
+"""The beta-VAE on top of Mimi's latents (docs/science.md §2.3).
 
     h (B, 512, F)  --Conv1d(512, D)-->  mu, logvar (B, D, F)  --reparameterise-->  z (B, D, F)
     z  --Conv1d(D, 512)-->  (B, 512, F)  --Mimi decoder (trainable)-->  audio (B, 1, F * 1920)
@@ -126,7 +126,7 @@ class LatentPredictor(nn.Module):
 @torch.no_grad()
 def posterior_means(vae: BetaVAE, features, device: torch.device | str = "cpu") -> list:
     """Posterior means of whole utterances: each (F, 512) codec-latent array -> (F, D) float32 numpy.
-    These are the latents the diagnostics model (DESIGN.md §2.4). Computed in fp32 in eval mode."""
+    These are the latents the diagnostics model (docs/science.md §2.4). Computed in fp32 in eval mode."""
     was_training = vae.training
     vae.eval()
     out = []

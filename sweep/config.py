@@ -1,4 +1,4 @@
-"""Presets and the two halves of a trial's configuration (STYLE.md 1).
+"""Presets and the two halves of a trial's configuration.
 
     preset = PRESETS["smoke"].with_overrides(steps=20)
     params = TrialParams.from_config({"beta": 0.01, "dim": 32}, preset)   # what the space varies
@@ -39,7 +39,7 @@ class Preset:
     scheduler: str  # "asha" or "none"
     report_every: int  # steps between reports (train/* curves, the scheduler's metric)
     checkpoint_every: int
-    battery_hidden: int  # MDN width of the final battery (DESIGN: 1024)
+    battery_hidden: int  # MDN width of the final battery (docs/science.md §3: 1024)
     battery_steps: int
     probe_hidden: int  # the cheap battery run at ASHA's rungs
     probe_steps: int

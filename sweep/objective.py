@@ -1,4 +1,4 @@
-"""What the searcher and the scheduler optimise (DESIGN.md §5), defined once (PITFALLS: ray#35909).
+"""What the searcher and the scheduler optimise (docs/science.md §5), defined once (ray#35909).
 
     values = objective_values(metrics, dim=32, max_recon_mel=4.0)
     values["objective/rollout_k4"]    # rollout/k4 / D, or SURROGATE when not finite: what Optuna sees

@@ -315,7 +315,7 @@ def _start_ray(
                 "RAY_AUTH_TOKEN)."
             ) from None
     else:
-        # UIs bind to loopback unless asked: Ray's dashboard runs code for whoever reaches it (DESIGN §5).
+        # UIs bind to loopback unless asked: Ray's dashboard runs code for whoever reaches it.
         warning = exposure_warning("Ray's dashboard", dashboard_host) if dashboard else None
         if warning:
             print(warning, file=sys.stderr)

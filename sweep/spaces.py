@@ -1,4 +1,4 @@
-"""The named search spaces (DESIGN.md §5), each a small function of the search kind.
+"""The named search spaces (docs/science.md §5), each a small function of the search kind.
 
     space = SPACES["beta_dim"]("optuna")   # {"beta": tune.loguniform(0.001, 1.0), "dim": tune.choice([...])}
     space = SPACES["beta_dim"]("grid")     # {"beta": tune.grid_search([...]), "dim": tune.grid_search([...])}

@@ -5,7 +5,7 @@
     run.log_metrics({"train/loss": 1.2}, step=100)
     run.log_artifacts(folder, "audio")
 
-Why by hand and not through Ray's MLflow integrations (PITFALLS): `MLflowLoggerCallback` logs from
+Why by hand and not through Ray's MLflow integrations : `MLflowLoggerCallback` logs from
 the driver and `setup_mlflow` left workers on the wrong tracking URI (ray#36257, #45456), and nested
 runs do not work through them (ray#19978). So the driver creates the experiment and the parent
 run before any trial starts (creating them from many processes races: mlflow#4123), and every

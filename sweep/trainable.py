@@ -1,4 +1,4 @@
-"""The Ray Tune trainable: one beta-VAE trial, thin around `VAETrainer.train_step` (STYLE.md 3).
+"""The Ray Tune trainable: one beta-VAE trial, thin around `VAETrainer.train_step`.
 
     tuner = tune.Tuner(tune.with_parameters(train_trial, context=context), param_space=space, ...)
 

@@ -1,4 +1,4 @@
-"""The battery against closed forms on a linear-Gaussian process (DESIGN.md §3 sanity facts).
+"""The battery against closed forms on a linear-Gaussian process (docs/science.md §3 sanity facts).
 
 z_{t+1} = A z_t + e, e ~ N(0, s I), A = c Q with Q orthogonal: every covariance involved is
 isotropic, so the diagonal mixtures can represent them exactly:
@@ -169,8 +169,8 @@ class ExplosiveMDN(MDN):
 
 
 def test_explosive_rollouts_are_non_finite_as_float32_sees_them_though_float64_scores_them(linear_gaussian):
-    """DESIGN §3: the research's MDNs ran in float32; a rollout whose NLLs pass 3.4e38 counts as blown up,
-    even where float64 still gives a number (reported beside the flag, never clipped)."""
+    """docs/science.md §3: the MDNs ran in float32 in the research; a rollout whose NLLs pass 3.4e38
+    counts as blown up, even where float64 still gives a number (reported beside the flag, never clipped)."""
     _, evaluation, result = linear_gaussian
     models = dict(result.models)
     boom = ExplosiveMDN(D, CONFIG.context, CONFIG.components, CONFIG.hidden)

@@ -73,7 +73,7 @@ def test_objectives_are_per_dimension_and_finite():
     broken = objective_values({"rollout/k4": math.inf, "teacher/k1": math.nan, "recon/mel": math.nan}, 8, 4.0)
     assert all(broken[name] == SURROGATE for name in OBJECTIVES) and broken[CONSTRAINT] == SURROGATE
     assert math.isinf(broken["rollout/k4_per_dim"])  # the raw value is kept beside the surrogate
-    # finite number but a fed-back state blew up on the way: not finite by DESIGN §3
+    # finite number but a fed-back state blew up on the way: not finite by docs/science.md §3
     flagged = objective_values({"rollout/k4": -1.0, "rollout/finite/k4": 0.0, "teacher/k1": -1.0}, 1)
     assert flagged["objective/rollout_k4"] == SURROGATE
 

@@ -101,7 +101,7 @@ def test_optuna_study_persists_with_the_baseline_first(smoke_sweep):
 
 
 def test_trials_ran_concurrently(smoke_sweep):
-    """PITFALLS: OptunaSearch once ran trials one at a time; two CPUs should hold two trials."""
+    """OptunaSearch once ran trials one at a time; two CPUs should hold two trials."""
     workdir, _ = smoke_sweep
     _, _, children = _runs(workdir)
     spans = sorted((c.info.start_time, c.info.end_time) for c in children)
@@ -154,7 +154,7 @@ def _finished_children(db):
 
 
 def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path):
-    """SIGINT then SIGKILL to the driver mid-sweep; --resume finishes it (DESIGN §5, PITFALLS ray#30861)."""
+    """SIGINT then SIGKILL to the driver mid-sweep; --resume finishes it (docs/science.md §5, ray#30861)."""
     command = launch_command("--no-dashboard", "--experiment", "resume-test")
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(
