@@ -11,6 +11,7 @@ URI or a GPU request without a GPU stops here with the problem and the fix. Then
 the shared feature cache once, creates the MLflow experiment and the sweep's parent run, and
 hands both to the trials (sweep/trainable.py). At the end it prints the summary table, the
 seed-shaped tables of the best trials, the decision-gate verdict, and how to open each UI.
+What every metric, the objective, the constraint and the two gates mean: docs/science.md.
 """
 
 from __future__ import annotations
