@@ -1,7 +1,7 @@
 """Write a small speech corpus in LibriSpeech's layout, for the smoke preset and tests.
 
     python -m sweep.corpus data/smoke                      # 40 real LibriSpeech utterances (bundled)
-    python -m sweep.corpus data/ls --source ../shared/data/librispeech-mini --utterances 100
+    python -m sweep.corpus data/ls --source /data/LibriSpeech/dev-clean --utterances 100
     python -m sweep.corpus data/synth --source synthetic --speakers 8 --utterances 32
 
 Sources: `bundled` (default): the real LibriSpeech utterances shipped in sweep/assets (CC BY 4.0,
