@@ -13,7 +13,7 @@ WAVs are written for the first `audio_utterances`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,11 +120,3 @@ def reconstruction_metrics(
         mel.append(mel_distance(pred, target))
         l1.append(waveform_l1(pred, target))
     return {"recon/mel": float(np.mean(mel)), "recon/l1": float(np.mean(l1))}
-
-
-def codec_reference(
-    decode: Callable[[np.ndarray], np.ndarray], features: Sequence[np.ndarray], audio: Sequence[np.ndarray]
-) -> dict[str, float]:
-    """The codec's own reconstruction, no bottleneck, scored as a trial's: `decode` maps an utterance's
-    (F, 512) codec latents to its (F * 1920,) audio. The reference row of every sweep (docs/science.md §4)."""
-    return reconstruction_metrics(decode, features, audio)

@@ -25,7 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from evaluation.audio import codec_decoder
-from evaluation.trial import codec_reference
+from evaluation.trial import reconstruction_metrics
 from models.codec import CodecSpec, CodecWeightsMissing, MimiCodec
 from models.training import CHECKPOINT_OPTIMIZER, StepSettings
 from sweep import spaces, storage
@@ -231,7 +231,7 @@ def _prepare(plan: SweepPlan) -> tuple[TrialContext, dict]:
         )
     if not plan.codec_reference:  # measured once per sweep; a resumed sweep keeps its own
         reference_ids = eval_ids[: preset.recon_utterances]  # the utterances each trial's recon/* scores
-        plan.codec_reference = codec_reference(
+        plan.codec_reference = reconstruction_metrics(  # the codec's own: encode -> decode, no bottleneck
             codec_decoder(codec.to(device).eval(), device),
             [cache.latents(i) for i in reference_ids],
             [cache.audio(i) for i in reference_ids],
