@@ -29,7 +29,7 @@ import copy
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -53,7 +53,11 @@ class BatteryConfig:
     horizons: tuple[int, ...] = (1, 2, 4, 8)
     steps: int = 3000  # MDN training steps at most (early stopping on a held-out slice of train)
     batch_size: int = 512
-    lr: float = 1e-3
+    # MDN_h's AdamW step size; None scales it with the width: 1e-3 up to 256 wide, 1e-3 x 256 / width
+    # beyond (2.5e-4 at 1024, where 1e-3 overshoots and stops early ~0.02 nats/dim short: docs/science.md
+    # §3). p0 (no MLP) keeps its own.
+    lr: float | None = None
+    p0_lr: float = 1e-3
     weight_decay: float = 1e-4
     eval_every: int = 100
     patience: int = 5
@@ -72,6 +76,8 @@ class BatteryConfig:
             raise ValueError(f"horizons must include 1 (rollouts feed MDN_1 back), got {h}.")
         if self.feedback not in FEEDBACK_CHOICES:
             raise ValueError(f"feedback {self.feedback!r} is not one of {FEEDBACK_CHOICES}.")
+        if not (self.mdn_lr() > 0 and self.p0_lr > 0):
+            raise ValueError(f"lr and p0_lr must be > 0, got {self.lr}, {self.p0_lr}.")
         if self.context < 1 or self.components < 1 or self.injection_steps < 1 or self.max_positions < 1:
             raise ValueError(
                 f"context, components, injection_steps and max_positions must be >= 1, got {self.context}, "
@@ -79,9 +85,12 @@ class BatteryConfig:
             )
         self.fit_config()  # validates the training settings too
 
+    def mdn_lr(self) -> float:
+        return self.lr if self.lr is not None else 1e-3 * min(1.0, 256 / max(self.hidden, default=256))
+
     def fit_config(self) -> FitConfig:
         return FitConfig(
-            steps=self.steps, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+            steps=self.steps, batch_size=self.batch_size, lr=self.mdn_lr(), weight_decay=self.weight_decay,
             eval_every=self.eval_every, patience=self.patience, holdout_fraction=self.holdout_fraction,
             seed=self.seed,
         )  # fmt: skip
@@ -128,7 +137,8 @@ def fit_models(frames: torch.Tensor, lengths: list[int], dim: int, config: Batte
         mdns = [
             MDN(dim, config.context, config.components, config.hidden).to(frames.device) for _ in horizons
         ]
-    info["p0"] = fit_mdn(p0, frames, valid_starts(lengths, 0, 0, frames.device), 0, fit)
+    p0_fit = replace(fit, lr=config.p0_lr)
+    info["p0"] = fit_mdn(p0, frames, valid_starts(lengths, 0, 0, frames.device), 0, p0_fit)
     models["p0"] = p0
     starts = [valid_starts(lengths, config.context, h, frames.device) for h in horizons]
     for h, mdn, result in zip(horizons, mdns, fit_mdns(mdns, frames, starts, horizons, fit), strict=True):

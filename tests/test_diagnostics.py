@@ -194,6 +194,14 @@ def test_the_battery_leaves_the_callers_random_stream_alone(linear_gaussian):
     pd.testing.assert_frame_equal(first.rollout_table, second.rollout_table)
 
 
+def test_the_mdn_step_size_shrinks_with_width_beyond_256():
+    """docs/science.md §3: 1e-3 up to 256 wide, 1e-3 x 256 / width beyond; an explicit lr wins."""
+    assert BatteryConfig(hidden=(64, 64)).mdn_lr() == BatteryConfig(hidden=(256,)).mdn_lr() == 1e-3
+    assert BatteryConfig().mdn_lr() == pytest.approx(2.5e-4)  # the default 1024
+    assert BatteryConfig(hidden=(512, 2048)).mdn_lr() == pytest.approx(1.25e-4)
+    assert BatteryConfig(lr=5e-4).fit_config().lr == 5e-4
+
+
 def test_horizon_definition():
     table = pd.DataFrame(
         {"h": [1, 2, 4, 8], "rollout": [-3.0, -1.0, -0.2, math.inf], "finite": [True, True, True, False]}
@@ -228,6 +236,8 @@ def test_bad_inputs_are_explained(train, evaluation, message):
         (dict(horizons=(1, 4, 2)), "increasing order"),
         (dict(feedback="median"), r"not one of \('mean', 'sample'\)"),
         (dict(holdout_fraction=1.5), "holdout_fraction"),
+        (dict(lr=0.0), "lr and p0_lr must be > 0"),
+        (dict(p0_lr=-1e-3), "lr and p0_lr must be > 0"),
     ],
 )
 def test_config_validation(bad, message):

@@ -1,4 +1,5 @@
-"""On a CUDA machine only (`pytest -m gpu`; CI has no GPU): the compiled step against the eager one on
+"""On a CUDA machine only (`pytest -m gpu`; CI has no GPU): the battery at its default width against the
+oracle on three linear-Gaussian processes, the compiled step against the eager one on
 the full codec in bf16, and a paper-preset sweep of 8 trials at 4 per GPU, in 2 waves, with the compiled
 step, that must end with no errored and no retried trial and every trial's files in place.
 
@@ -15,7 +16,10 @@ import pytest
 import torch
 from helpers import check_trial_folder, launch_command, trial_reports
 from mlflow import MlflowClient
+from oracle import PROCESSES
+from test_battery_oracle import HORIZONS, battery_against_oracle
 
+from evaluation.diagnostics import BatteryConfig
 from models.codec import MimiCodec
 from models.training import StepSettings, VAETrainer
 from models.vae import BetaVAE, VAEConfig
@@ -30,6 +34,12 @@ pytestmark = [
         not torch.cuda.is_available(), reason="needs a CUDA device (pytest -m gpu on a GPU box)"
     ),
 ]
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=lambda p: p.name)
+def test_the_default_battery_reads_what_the_true_model_reads(process):
+    """tests/test_battery_oracle.py's check with the battery as sweeps run it: 1024-wide MDNs, M = 8."""
+    assert battery_against_oracle(process, BatteryConfig(horizons=HORIZONS, device="cuda")) == []
 
 
 @pytest.fixture(scope="module")
