@@ -1,4 +1,5 @@
-"""What the searcher and the scheduler optimise (docs/science.md §5), defined once (ray#35909).
+"""What the searcher and the scheduler optimise (docs/science.md §5), defined once (ray#35909), and the
+other keys of a trial's reports and checkpoints.
 
     values = objective_values(metrics, dim=32, max_recon_mel=4.0)
     values["objective/rollout_k4"]    # rollout/k4 / D, or SURROGATE when not finite: what Optuna sees
@@ -38,6 +39,10 @@ STOPPED = "stopped early"  # a trial that ended without a status of its own: ASH
 SURROGATE = 1000.0  # nats per dimension: worse than any finite delta-NLL a trial can reach
 
 _SOURCES = {ROLLOUT_OBJECTIVE: ("rollout/k4", "rollout/finite/k4"), TEACHER_OBJECTIVE: ("teacher/k1", None)}
+WALL = "time/wall"  # epoch seconds of each report: sweep.bench aligns trials' step counts on it
+NODE_ID = "node_id"  # the Ray node of each report
+CHECKPOINT_MODEL = "vae"  # in each checkpoint: models.training's weights.pt (+ optimizer.pt), meta.json
+CHECKPOINT_PROBE = "objectives.json"  # in each checkpoint: the latest probe values, for a restored trial
 
 
 def objective_values(metrics: Mapping[str, float], dim: int, max_recon_mel: float | None = None) -> dict:

@@ -45,7 +45,7 @@ from sweep.objective import (
     STOPPED,
     TEACHER_OBJECTIVE,
 )
-from sweep.tracking import SweepTracking
+from sweep.tracking import SweepTracking, end_trial_run, finish_sweep
 
 log = logging.getLogger(__name__)
 
@@ -337,3 +337,11 @@ def _fmt_table(frame: pd.DataFrame) -> str:
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def publish_summary(tracking: SweepTracking, frame, summary, folder: Path) -> None:
+    """Close any child run the callback missed, log the summary to the parent run, end it."""
+    for trial_id, status in zip(frame.get("trial_id", []), frame.get("status", []), strict=True):
+        end_trial_run(tracking, trial_id, status)
+    log_summary(tracking, frame, summary, folder)
+    finish_sweep(tracking)

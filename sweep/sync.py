@@ -24,9 +24,9 @@ from mlflow import MlflowClient
 from sweep import storage
 from sweep.config import TrialParams, rung_steps, trial_number, trial_seed
 from sweep.errors import UsageError, report_usage_error
-from sweep.launch import PLAN_FILE, SweepPlan
 from sweep.objective import OBJECTIVES, PROBE, STATUS
-from sweep.summary import results_frame, summarise
+from sweep.plan import PLAN_FILE, SweepPlan, load_study
+from sweep.summary import publish_summary, results_frame, summarise
 from sweep.tracking import (
     SweepTracking,
     TrackingUnreachable,
@@ -41,8 +41,6 @@ SHARED_TAGS = ("git.", "data.", "codec.", "sweep.space", "sweep.search", "sweep.
 
 def sync_sweep(plan: SweepPlan, mlflow_uri: str | None = None) -> dict:
     """Bring MLflow up to date with Tune's results; returns counts of what was sent."""
-    from sweep.service import _load_study, publish_summary  # the driver's own steps, not repeated here
-
     uri = mlflow_uri or plan.mlflow_uri
     check_reachable(uri)
     tracking = _parent(plan, uri)
@@ -64,7 +62,7 @@ def sync_sweep(plan: SweepPlan, mlflow_uri: str | None = None) -> dict:
     publish_summary(
         tracking,
         frame,
-        summarise(frame, _load_study(plan), codec=plan.codec, reference=plan.codec_reference),
+        summarise(frame, load_study(plan), codec=plan.codec, reference=plan.codec_reference),
         plan.summary_dir,
     )
     return sent

@@ -10,10 +10,16 @@ Rates come from `python -m sweep.bench` (sweep/bench.py), measured through the r
 from __future__ import annotations
 
 import heapq
+import itertools
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+
+from sweep.config import PAPER_STEPS, Preset
+from sweep.objective import STATUS, TIME_ATTR, WALL
 
 BENCH_FILE = Path("sweep-bench") / "bench.json"  # written by sweep.bench, read by --dry-run
 
@@ -81,3 +87,165 @@ def project_sweep(
         while finishing and finishing[0] <= now + 1e-9:
             heapq.heappop(finishing)
     return now
+
+
+def summarise_trials(reports: dict[str, list[dict]], steps: int) -> dict:
+    """Aggregate rate and a typical (median) trial's time budget from Tune's stored reports."""
+    series, budgets, warmups = [], [], []
+    for rows in reports.values():
+        training = [r for r in rows if STATUS not in r]
+        final = rows[-1]
+        if final.get(STATUS) != "completed":
+            raise RuntimeError(f"a benchmark trial ended as {final.get(STATUS)!r}, not completed.")
+        series.append([(r[WALL], r[TIME_ATTR]) for r in training])
+        budgets.append(final)
+        warmups.append(_warmup(training))
+    rate = aggregate_rate(series)
+    per_trial = statistics.median(rate["per_trial"])
+
+    def median(key: str) -> float:
+        return statistics.median(float(b.get(key, 0.0)) for b in budgets)
+
+    phases = {k: median(f"time/{k}") for k in ("train", "probe", "evaluation", "logging", "checkpoint")}
+    trial = {
+        "wall_s": median("time_total_s"),
+        **{f"{k}_s": v for k, v in phases.items()},
+        "setup_s": median("time_total_s") - sum(phases.values()),  # the trial's build and Ray's part
+        "build_s": median("time/setup"),  # of which the trial's build (codec, VAE, MLflow run, restore)
+        "warmup_s": statistics.median(warmups),
+        "eval_battery_s": median("time/evaluation/battery"),
+        "eval_recon_audio_s": median("time/evaluation/recon_audio"),
+        "gpu_peak_gib": max(float(b.get("gpu/peak_gib", 0.0)) for b in budgets),
+    }
+    return {
+        "steps": steps,
+        "aggregate_steps_per_s": rate["aggregate"],
+        "per_trial_steps_per_s": per_trial,
+        "window_s": rate["window_s"],
+        "trial": trial,
+    }
+
+
+def _warmup(training: list[dict]) -> float:
+    """Seconds the first report interval took beyond its steps at the trial's later pace
+    (compilation, CUDA graph capture, first-touch allocations)."""
+    clock = [(r[TIME_ATTR], r.get("time/train", 0.0)) for r in training]
+    if len(clock) < 3:
+        return 0.0
+    pace = statistics.median((t2 - t1) / (s2 - s1) for (s1, t1), (s2, t2) in itertools.pairwise(clock[1:]))
+    return max(0.0, clock[0][1] - clock[0][0] * pace)
+
+
+def overhead_table(results: dict, preset: Preset, steps: int = PAPER_STEPS) -> list[dict]:
+    """Per tune entry: the time outside training of a `steps`-step trial, with the battery at paper
+    scale (the battery part's figure) in place of the bench's small-corpus battery."""
+    battery = results.get("battery", {}).get("seconds_total")
+    rows = []
+    for entry in results.get("tune", []):
+        t, scale = entry["trial"], steps / entry["steps"]
+        paper_battery = battery if battery is not None else t["eval_battery_s"]
+        outside = {
+            "setup": t["setup_s"],
+            "warm-up": t["warmup_s"],
+            "battery": paper_battery,
+            # decoding scales with the utterances decoded: the preset's count, not the bench corpus's
+            "recon+audio": t["eval_recon_audio_s"]
+            * preset.recon_utterances
+            / max(1, min(preset.recon_utterances, t["eval_utterances"])),
+            "logging": t["logging_s"] * scale,
+            "checkpoints": t["checkpoint_s"] * scale,
+        }
+        total = sum(outside.values())
+        train = steps / entry["per_trial_steps_per_s"]
+        rows.append({
+            "trials": entry["trials"], "mps": entry["mps"], "steps": steps, "train_s": train,
+            "outside_s": outside, "outside_total_s": total, "setup_build_s": t.get("build_s"),
+            "fraction": overhead_fraction(total, steps, entry["per_trial_steps_per_s"]),
+        })  # fmt: skip
+    return rows
+
+
+def markdown(results: dict) -> str:
+    """Every part in `results` as markdown tables (pandas)."""
+    m = results["machine"]
+    out = [f"# sweep.bench on {m['device']} ({m['cpus']} CPUs, torch {m['torch']}), {results['updated']}"]
+    if "step" in results:
+        s = results["step"]
+        steps = pd.DataFrame(s["variants"])
+        eager = steps.loc[steps["variant"] == "eager", "steps_per_s"].iloc[0]
+        steps["vs eager"] = steps["steps_per_s"] / eager
+        a = s["agreement"]
+        out += [
+            f"\n## One trial: batch {s['batch']} x {s['crop_seconds']:g} s, codec {s['codec']}\n",
+            _table(
+                steps,
+                {
+                    "variant": "step variant",
+                    "steps_per_s": "VAE steps/s",
+                    "vs eager": "vs eager",
+                    "warmup_s": "warm-up s",
+                    "peak_gib": "peak GPU GiB",
+                },
+            ),  # fmt: skip
+            f"\nFast vs eager, one step from the same weights, batch and noise: loss terms max. rel. error "
+            f"{a['loss_terms_max_rel_err']:.1e}, gradient rel. error {a['grad_rel_err']:.1e}; after "
+            f"{a['trajectory_steps']} steps the mean loss of the last 20 differs by "
+            f"{100 * a['trajectory_last20_rel_diff']:.2f} %.",
+        ]
+    if "battery" in results:
+        b = results["battery"]
+        seconds = b["frames_per_utterance"] / 12.5
+        out.append(
+            f"\n## Battery at scale: {b['utterances']} utterances x {seconds:g} s, D = {b['dim']}: "
+            f"{b['seconds_total']:.1f} s (fit {b['seconds_by_phase']['fit']:.1f} s)"
+        )
+    if results.get("tune"):
+        tune = pd.DataFrame(
+            [
+                {
+                    **e,
+                    "gpu": f"1/{e['trials']}" if e["gpu_per_trial"] else "0",
+                    "mps": "on" if e["mps"] else "off",
+                    "peak": e["trial"]["gpu_peak_gib"],
+                    "warmup": e["trial"]["warmup_s"],
+                }  # fmt: skip
+                for e in results["tune"]
+            ]
+        )
+        out += [
+            "\n## N trials sharing one GPU, through Ray Tune\n",
+            _table(
+                tune,
+                {
+                    "trials": "trials",
+                    "gpu": "GPU each",
+                    "mps": "MPS",
+                    "aggregate_steps_per_s": "aggregate steps/s",
+                    "per_trial_steps_per_s": "per trial",
+                    "window_s": "window s",
+                    "warmup": "warm-up s",
+                    "peak": "peak GiB/trial",
+                },
+            ),  # fmt: skip
+        ]
+    if results.get("overhead"):
+        rows = [
+            {"trials": r["trials"], "MPS": "on" if r["mps"] else "off", "training s": r["train_s"],
+             **r["outside_s"], "outside s": r["outside_total_s"], "share %": 100 * r["fraction"],
+             "of set-up: build": r.get("setup_build_s")}
+            for r in results["overhead"]
+        ]  # fmt: skip
+        out += [
+            "\n## Outside training, per 10k-step trial (seconds)\n",
+            _table(pd.DataFrame(rows)),
+            "\nSet-up is the trial's wall time (Ray's time_total_s) outside every timed phase; its build part"
+            " (codec, VAE, MLflow run, restore) is timed by the trial itself, the rest is Ray's (worker,"
+            " reports).",
+        ]
+    return "\n".join(out)
+
+
+def _table(frame: pd.DataFrame, columns: dict[str, str] | None = None) -> str:
+    if columns:
+        frame = frame[list(columns)].rename(columns=columns)
+    return frame.to_markdown(index=False, floatfmt=".1f")

@@ -83,7 +83,8 @@ def test_bad_audio_is_skipped_and_named_and_all_bad_is_an_error(
 
 
 def test_uis_bind_loopback_and_anything_else_is_warned_about():
-    from sweep.launch import exposure_warning, parse_args
+    from sweep.console import exposure_warning
+    from sweep.launch import parse_args
 
     assert parse_args(["--space", "beta_dim"]).dashboard_host == "127.0.0.1"
     assert exposure_warning("Ray's dashboard", "127.0.0.1") is None

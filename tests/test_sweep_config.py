@@ -14,8 +14,9 @@ from ray import tune
 from evaluation.report import metrics_report, tables_from_metrics
 from sweep import spaces
 from sweep.config import PRESETS, TrialParams, rung_steps, trial_name, trial_number, trial_seed
+from sweep.console import describe
 from sweep.errors import UsageError
-from sweep.launch import describe, main, make_plan, parse_args
+from sweep.launch import main, parse_args
 from sweep.objective import (
     COMPLETED,
     CONSTRAINT,
@@ -29,7 +30,8 @@ from sweep.objective import (
     probe_values,
     unmeasured,
 )
-from sweep.service import ConstrainedOptunaSearch
+from sweep.plan import make_plan
+from sweep.search import ConstrainedOptunaSearch
 from sweep.summary import pareto_mask
 
 LOG_LINE = re.compile(r"\d\d:\d\d:\d\d ")  # the launcher's own log lines (logging.basicConfig's format)

@@ -5,7 +5,9 @@ import json
 
 import pytest
 
-from sweep.launch import make_plan, parse_args, projection
+from sweep.console import projection
+from sweep.launch import parse_args
+from sweep.plan import make_plan
 from sweep.throughput import aggregate_rate, overhead_fraction, project_sweep, rate_at
 
 

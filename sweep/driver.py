@@ -9,129 +9,47 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import ray
 import torch
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search.optuna import OptunaSearch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from evaluation.audio import codec_decoder
 from evaluation.trial import reconstruction_metrics
 from models.codec import CodecSpec, CodecWeightsMissing, MimiCodec
-from models.training import CHECKPOINT_OPTIMIZER, StepSettings
+from models.training import StepSettings
 from sweep import spaces, storage
-from sweep.config import ASHA_REDUCTION, trial_name
+from sweep.config import trial_name
+from sweep.console import describe, exposure_warning
 from sweep.corpus import write_corpus
 from sweep.data import DataError, discover_audio, select_utterances, split_by_speaker
 from sweep.errors import UsageError
+from sweep.events import TrialLifecycle
 from sweep.features import build_feature_cache
-from sweep.launch import SweepPlan, describe, exposure_warning, git_commit
 from sweep.mps import mps_daemon
-from sweep.objective import (
-    COMPLETED,
-    CONSTRAINT,
-    OBJECTIVE_MODES,
-    OBJECTIVES,
-    PROBE,
-    SCHEDULER_METRIC,
-    SCHEDULER_MODE,
-    STATUS,
-    STOPPED,
-    SURROGATE,
-    TEACHER_OBJECTIVE,
-    TIME_ATTR,
-)
+from sweep.plan import SweepPlan, git_commit, load_study
+from sweep.search import param_space, scheduler, searcher
 from sweep.storage import is_uri
-from sweep.summary import log_summary, results_frame, summarise
+from sweep.summary import publish_summary, results_frame, summarise
 from sweep.tracking import (
     SweepTracking,
     TrackingUnreachable,
     check_reachable,
-    end_trial_run,
     finish_sweep,
     log_sweep_metrics,
     mlflow_artifact_bytes,
     open_sweep_tracking,
     reopen_sweep_tracking,
 )
-from sweep.trainable import CHECKPOINT_MODEL, TrialContext, train_trial
+from sweep.trial import TrialContext, train_trial
 
-log = logging.getLogger("sweep.launch")
-
-
-class ConstrainedOptunaSearch(OptunaSearch):
-    """OptunaSearch that hands Optuna the recon constraint, never a non-finite objective, and a trial
-    ASHA stopped as PRUNED.
-
-    Optuna 5 reads constraints from `trial.set_constraint` (the sampler-level constraints_func is
-    deprecated); OptunaSearch's ask/tell has no place for them, so they are set on the trial just
-    before it is told. Non-finite values would leave the study's trial RUNNING (OptunaSearch logs
-    and swallows tell's error), so they become the surrogate here as a last guard. A stopped trial's
-    last result holds probe values only (no `status`): Optuna learns it as PRUNED, with the step it
-    was stopped at and its probe values as user attributes, never as a COMPLETE trial.
-    """
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if error:
-            result = None  # a list of Nones would be told as COMPLETE and fail there: FAIL it is
-        if result and trial_id in self._ot_trials and trial_id not in self._completed_trials:
-            ot_trial = self._ot_trials[trial_id]
-            if result.get(STATUS) is None:
-                for key in (TIME_ATTR, SCHEDULER_METRIC, PROBE + TEACHER_OBJECTIVE):
-                    if isinstance(result.get(key), int | float):
-                        ot_trial.set_user_attr(key, float(result[key]))
-                result = None  # OptunaSearch tells a trial without values as PRUNED
-            else:
-                result = dict(result)
-                for name in OBJECTIVES:
-                    value = result.get(name)
-                    if value is not None and not math.isfinite(value):
-                        result[name] = SURROGATE
-                if CONSTRAINT in result and all(result.get(name) is not None for name in OBJECTIVES):
-                    ot_trial.set_constraint("recon_mel", float(result[CONSTRAINT]))
-        super().on_trial_complete(trial_id, result, error)
-
-
-class TrialLifecycle(tune.Callback):
-    """In the driver, as Tune records how each trial ended: closes its MLflow child run, and drops the
-    optimizer state from the last checkpoint of a trial that will not train again (stopped by ASHA,
-    diverged): its weights are what it keeps. (An errored trial keeps it: --resume retries it.)"""
-
-    def __init__(self, tracking: SweepTracking, keep_optimizer: bool = False):
-        self.tracking, self.keep_optimizer = tracking, keep_optimizer
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        status = (trial.last_result or {}).get(STATUS) or STOPPED
-        if status != COMPLETED and not self.keep_optimizer:
-            drop_optimizer_state(trial.checkpoint)
-        self._end(trial.trial_id, status)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial.trial_id, "error")
-
-    def _end(self, trial_id: str, status: str) -> None:
-        try:
-            end_trial_run(self.tracking, trial_id, status)
-        except Exception as err:  # MLflow away: the sweep goes on; _finish tries again at the end
-            log.warning("could not close the MLflow run of trial %s: %s", trial_id, err)
-
-
-def drop_optimizer_state(checkpoint: tune.Checkpoint | None) -> None:
-    """Delete optimizer.pt (2/3 of a resumable checkpoint) from `checkpoint`, wherever it is stored."""
-    if checkpoint is None:
-        return
-    path = f"{checkpoint.path}/{CHECKPOINT_MODEL}/{CHECKPOINT_OPTIMIZER}"
-    if checkpoint.filesystem.get_file_info(path).type == pafs.FileType.File:
-        checkpoint.filesystem.delete_file(path)
+log = logging.getLogger(__name__)
 
 
 def run_sweep(
@@ -192,7 +110,7 @@ def _run(
         tracking = reopen_sweep_tracking(plan.mlflow_uri, plan.parent_run_id, tags)
     else:
         tracking = open_sweep_tracking(
-            plan.mlflow_uri, plan.experiment, Path(plan.workdir) / "mlartifacts", _sweep_params(plan), tags
+            plan.mlflow_uri, plan.experiment, Path(plan.workdir) / "mlartifacts", param_space(plan), tags
         )
         plan.parent_run_id = tracking.parent_run_id
         plan.save()
@@ -326,56 +244,6 @@ def _start_ray(
     return info
 
 
-def _sweep_params(plan: SweepPlan) -> dict:
-    return {
-        "space": plan.space,
-        "search": plan.search,
-        "preset": plan.preset.name,
-        "num_samples": plan.num_samples,
-        "steps_per_10k": plan.preset.steps,
-        "scheduler": plan.scheduler,
-        "seed": plan.seed,
-        "codec": plan.codec,
-        "data": plan.data,
-        "cpus_per_trial": plan.cpus_per_trial,
-        "gpus_per_trial": plan.gpus_per_trial,
-        "compile": plan.compiled,
-        "fused_optimizer": plan.fused_optimizer,
-        "mps": plan.mps,
-        "constraint": plan.describe_constraint(),
-        **{f"fixed.{k}": v for k, v in plan.fixed.items()},
-    }
-
-
-def _searcher(plan: SweepPlan):
-    if plan.search == "grid":
-        return None
-    import optuna
-
-    storage = optuna.storages.RDBStorage(plan.optuna_uri)
-    return ConstrainedOptunaSearch(
-        metric=list(OBJECTIVES),
-        mode=list(OBJECTIVE_MODES),
-        points_to_evaluate=[spaces.baseline_point(plan.space)],
-        study_name=plan.experiment,
-        storage=storage,
-        seed=plan.seed,
-    )
-
-
-def _scheduler(plan: SweepPlan):
-    if plan.scheduler == "none":
-        return FIFOScheduler()
-    return ASHAScheduler(
-        time_attr=TIME_ATTR,
-        metric=SCHEDULER_METRIC,
-        mode=SCHEDULER_MODE,
-        max_t=plan.max_train_steps(),
-        grace_period=plan.preset.probe_first,
-        reduction_factor=ASHA_REDUCTION,
-    )
-
-
 def _run_config(plan: SweepPlan, tracking: SweepTracking) -> tune.RunConfig:
     return tune.RunConfig(
         name=plan.experiment,
@@ -394,8 +262,8 @@ def _new_tuner(plan: SweepPlan, trainable, tracking: SweepTracking) -> tune.Tune
         trainable,
         param_space=spaces.SPACES[plan.space](plan.search),
         tune_config=tune.TuneConfig(
-            search_alg=_searcher(plan),
-            scheduler=_scheduler(plan),
+            search_alg=searcher(plan),
+            scheduler=scheduler(plan),
             num_samples=plan.num_samples,
             max_concurrent_trials=plan.max_concurrent,
             # A GPU trial gets a fresh worker process: Tune runs each trial of a reused worker in a new
@@ -444,7 +312,7 @@ def _finish(plan: SweepPlan, tracking: SweepTracking, grid) -> int:
         return 130
     frame = results_frame(grid, plan.varied, plan.preset, plan.seed, fixed=plan.fixed)
     frame["failures"] = frame["trial_id"].map(trial_failures(plan.experiment_dir)).fillna(0).astype(int)
-    summary = summarise(frame, _load_study(plan), codec=plan.codec, reference=plan.codec_reference)
+    summary = summarise(frame, load_study(plan), codec=plan.codec, reference=plan.codec_reference)
     summary.storage = storage_report(plan, tracking)
     try:
         publish_summary(tracking, frame, summary, plan.summary_dir)
@@ -478,22 +346,6 @@ def storage_report(plan: SweepPlan, tracking: SweepTracking) -> str:
     if copies is not None:
         line += f"; MLflow's copies of the trials' files {storage.human(copies)}"
     return line + "."
-
-
-def publish_summary(tracking: SweepTracking, frame, summary, folder: Path) -> None:
-    """Close any child run the callback missed, log the summary to the parent run, end it."""
-    for trial_id, status in zip(frame.get("trial_id", []), frame.get("status", []), strict=True):
-        end_trial_run(tracking, trial_id, status)
-    log_summary(tracking, frame, summary, folder)
-    finish_sweep(tracking)
-
-
-def _load_study(plan: SweepPlan):
-    if plan.search != "optuna":
-        return None
-    import optuna
-
-    return optuna.load_study(study_name=plan.experiment, storage=plan.optuna_uri)
 
 
 def _print_summary(plan: SweepPlan, tracking: SweepTracking, summary, grid) -> None:

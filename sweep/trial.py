@@ -48,11 +48,15 @@ from sweep.artifacts import log_trial_evaluation, write_trial_files
 from sweep.config import Preset, TrialParams, rung_steps, trial_number, trial_seed
 from sweep.features import CropSampler, FeatureCache
 from sweep.objective import (
+    CHECKPOINT_MODEL,
+    CHECKPOINT_PROBE,
     COMPLETED,
     DIVERGED,
+    NODE_ID,
     PROBE,
     STATUS,
     TIME_ATTR,
+    WALL,
     objective_values,
     pending,
     probe_values,
@@ -62,12 +66,8 @@ from sweep.tracking import SweepTracking, TrialRun
 
 log = logging.getLogger(__name__)
 
-WALL = "time/wall"  # epoch seconds of each report: sweep.bench aligns trials' step counts on it
-NODE_ID = "node_id"  # the Ray node of each report
 PROBE_HORIZONS = (1, 4)
 EVALUATION_FOLDER = "evaluation"  # in the trial's folder in Tune's storage: report, tables, plots, WAVs
-CHECKPOINT_MODEL = "vae"  # in each checkpoint: models.training's weights.pt (+ optimizer.pt), meta.json
-CHECKPOINT_PROBE = "objectives.json"  # in each checkpoint: the latest probe values, for a restored trial
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,110 @@
+"""What the console says about a sweep: the plan (--dry-run and a sweep's start), the projected wall
+time from sweep.bench's measured rates, and the warning for a UI bound beyond loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from sweep import spaces
+from sweep.config import TrialParams, rung_steps
+from sweep.objective import OBJECTIVES, SCHEDULER_METRIC
+from sweep.plan import LOOPBACK, SweepPlan
+
+
+def describe(plan: SweepPlan, cpus: int, gpus: int) -> str:
+    """The trial plan and the resource arithmetic (what --dry-run prints)."""
+    preset = plan.preset
+    params = spaces.space_params(plan.space)
+    per_space = TrialParams.from_config({}, preset).train_steps
+    at_once = plan.trials_at_once(cpus, gpus)
+    lines = [
+        f"sweep {plan.experiment}",
+        f"  space       {plan.space}: "
+        + ("; ".join(p.describe() for p in params) or "the seed's configuration, nothing varied"),
+        f"  search      {plan.search}: "
+        + (
+            f"{plan.trial_count} trials of the exact grid"
+            if plan.search == "grid"
+            else f"{plan.trial_count} trials, multi-objective TPE minimising {' and '.join(OBJECTIVES)} "
+            f"(nats/dim) under the constraint below; first trial: the seed's "
+            + ", ".join(f"{k}={v:g}" for k, v in spaces.baseline_point(plan.space).items())
+        ),
+        f"  constraint  {plan.describe_constraint()} (feasible trials alone count for the verdict)",
+        "  fixed       "
+        + (
+            ", ".join(f"{k}={v:g}" for k, v in plan.fixed.items())
+            or "baseline for the rest (beta=0.01, dim=32, 10k steps, no AR losses)"
+        ),
+        f"  preset      {preset.name}: {per_space} VAE steps per 10k of the space (longest trial "
+        f"{plan.max_train_steps()}), batch {preset.batch_size} x {preset.crop_seconds:g} s, lr {preset.lr:g}",
+        "  scheduler   "
+        + (
+            f"ASHA on {SCHEDULER_METRIC} at steps "
+            f"{_rungs(preset.probe_first, plan.max_train_steps())} (cheap battery there)"
+            if plan.scheduler == "asha"
+            else "none: every trial runs to the end"
+        ),
+        f"  codec/data  {plan.codec}; {plan.data}; cache {plan.cache}",
+        f"  resources   per trial {plan.cpus_per_trial:g} CPU, {plan.gpus_per_trial:g} GPU; "
+        f"here {cpus} CPUs, "
+        f"{gpus} GPUs -> {at_once} trials at a time, {math.ceil(plan.trial_count / max(at_once, 1))} waves"
+        + ("" if at_once else "  (NOTHING FITS: lower --cpus-per-trial / --gpus-per-trial)"),
+        f"  speed       step {'compiled (CUDA graphs)' if plan.compiled else 'eager'}, "
+        f"{'fused' if plan.fused_optimizer and plan.gpus_per_trial > 0 else 'multi-tensor'} AdamW, "
+        f"MPS {'on' if plan.mps else 'off'}",
+        f"  outputs     Tune {plan.experiment_dir}; MLflow {plan.mlflow_uri}"
+        + (f"; Optuna {plan.optuna_uri} (study {plan.experiment})" if plan.search == "optuna" else ""),
+    ]
+    return "\n".join(lines)
+
+
+def projection(plan: SweepPlan, cpus: int, gpus: int, bench_file: Path, device_name: str | None) -> str:
+    """The sweep's wall time from the rates sweep.bench measured on this kind of GPU (--dry-run)."""
+    from sweep.throughput import project_sweep
+
+    head = "  projection  "
+    if plan.gpus_per_trial == 0 or not gpus:
+        return head + "for GPU sweeps only (python -m sweep.bench measures a GPU's rates)"
+    if not bench_file.is_file():
+        return head + f"no measured rates in {bench_file}: run `python -m sweep.bench` here (~12 min) first"
+    bench = json.loads(bench_file.read_text())
+    measured = [e for e in bench.get("tune", []) if e["mps"] == plan.mps]
+    if not measured:
+        return (
+            head + f"{bench_file} has no runs with MPS {'on' if plan.mps else 'off'}: sweep.bench --mps ..."
+        )
+    per_gpu = max(1, round(1 / plan.gpus_per_trial))
+    # Trials spread over the GPUs: k running trials are k / gpus per GPU, each GPU at its measured rate.
+    rates = {e["trials"] * gpus: e["aggregate_steps_per_s"] * gpus for e in measured}
+    nearest = min(measured, key=lambda e: abs(e["trials"] - per_gpu))
+    overheads = {r["trials"]: r["outside_total_s"] for r in bench.get("overhead", []) if r["mps"] == plan.mps}
+    overhead = overheads.get(nearest["trials"], 0.0)
+    slots = plan.trials_at_once(cpus, gpus)
+    seconds = project_sweep(plan.trial_steps(), slots, rates, overhead)
+    where = bench["machine"]["device"]
+    caveat = "" if where == device_name else f" (measured on {where}, this is {device_name}: a rough guide)"
+    together = nearest["aggregate_steps_per_s"] * gpus
+    return (
+        f"{head}about {seconds / 3600:.1f} h ({seconds / 60:.0f} min) for {plan.trial_count} trials, "
+        f"{slots} at a time: {together:.0f} VAE steps/s together at {nearest['trials']} trials/GPU, "
+        f"{overhead:.0f} s outside training per trial; no early stopping counted (ASHA shortens it).\n"
+        f"{'':14s}From {bench_file} ({where}, {bench.get('updated', '?')}){caveat}"
+    )
+
+
+def _rungs(first: int, last: int) -> str:
+    return ", ".join(map(str, rung_steps(last, first))) or "(none: trials shorter than the first rung)"
+
+
+def exposure_warning(service: str, host: str) -> str | None:
+    """The warning printed when a UI without authentication is bound beyond loopback."""
+    if host in LOOPBACK:
+        return None
+    return (
+        f"WARNING: {service} binds to {host}: it has no authentication worth the name and runs code or "
+        "shows everything to whoever reaches it. Bind 127.0.0.1 and use an ssh tunnel "
+        "(ssh -L PORT:127.0.0.1:PORT host)."
+    )

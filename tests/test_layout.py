@@ -1,0 +1,76 @@
+"""The house rules a newcomer relies on when reading the tree (README "What is here")."""
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("sweep", "models", "evaluation")
+MAX_LINES = 420  # "no module over ~400 lines"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports (at the top or inside a function)."""
+    modules = {
+        ".".join(f.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): f
+        for package in PACKAGES
+        for f in (ROOT / package).rglob("*.py")
+    }
+    graph = {}
+    for name, path in modules.items():
+        out = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    out.add(target)
+        graph[name] = out
+    return graph
+
+
+def test_no_import_circles_and_dependencies_run_one_way():
+    graph = import_graph()
+
+    def reaches(start, goal, seen=()):
+        return any(n == goal or (n not in seen and reaches(n, goal, (*seen, n))) for n in graph[start])
+
+    circles = sorted({tuple(sorted((a, b))) for a in graph for b in graph[a] if reaches(b, a)})
+    assert circles == []
+    order = {"models": 0, "evaluation": 1, "sweep": 2}
+    upward = [(a, b) for a in graph for b in graph[a] if order[b.split(".")[0]] > order[a.split(".")[0]]]
+    assert upward == []
+
+
+def test_only_the_driver_imports_the_trial():
+    graph = import_graph()
+    assert [name for name, deps in graph.items() if "sweep.trial" in deps] == ["sweep.driver"]
+
+
+def test_no_module_is_over_about_400_lines():
+    sizes = {
+        str(f.relative_to(ROOT)): len(f.read_text().splitlines())
+        for package in PACKAGES
+        for f in (ROOT / package).rglob("*.py")
+    }
+    assert {f: n for f, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def test_the_readme_map_names_every_sweep_module_and_no_other():
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("## What is here") :].split("```")[1]
+    named = set(re.findall(r"sweep/(\w+)\.py", block))
+    # "sweep/spaces.py, config.py, objective.py": later names on the line share the folder
+    for line in block.splitlines():
+        if line.startswith("sweep/"):
+            named |= set(re.findall(r"(?:, )(\w+)\.py", line))
+    on_disk = {f.stem for f in (ROOT / "sweep").glob("*.py")} - {"__init__"}
+    assert named == on_disk
+    for folder in ("models", "evaluation", "cluster", "docker", "tests"):
+        assert f"{folder}/" in block and (ROOT / folder).is_dir()
