@@ -125,7 +125,8 @@ def codec_decoder(
 
     @torch.no_grad()
     def decode(latents: np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(np.asarray(latents), dtype=torch.float32, device=device).T[None]  # (1, 512, F)
+        x = np.array(latents, dtype=np.float32)  # a copy: the feature cache's memmaps are read-only
+        x = torch.from_numpy(x).to(device).T[None]  # (1, 512, F)
         return codec.decode(x)[0, 0].float().cpu().numpy()
 
     return decode

@@ -1,11 +1,14 @@
 """What the console says about a sweep: the plan (--dry-run and a sweep's start), the projected wall
-time from sweep.bench's measured rates, and the warning for a UI bound beyond loopback.
+time from sweep.bench's measured rates, the warning for a UI bound beyond loopback, and how loud the
+libraries are (quiet unless --verbose; the trial events are sweep/events.py's).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 from pathlib import Path
 
 from sweep import spaces
@@ -108,3 +111,19 @@ def exposure_warning(service: str, host: str) -> str | None:
         "shows everything to whoever reaches it. Bind 127.0.0.1 and use an ssh tunnel "
         "(ssh -L PORT:127.0.0.1:PORT host)."
     )
+
+
+def configure_logging(verbose: bool) -> None:
+    """The sweep's own INFO lines always; MLflow's, Optuna's and Ray's only with --verbose."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if verbose:
+        return
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read as mlflow is imported, here and in trials
+    for chatty in ("optuna", "ray"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    # "Token authentication is enabled for this Ray cluster": Ray's default for a local cluster since 2.59;
+    # the driver prints the dashboard's URL with how to get its token instead.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    import optuna  # it sets its own handler's level at import
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)

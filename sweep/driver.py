@@ -30,7 +30,7 @@ from sweep.console import describe, exposure_warning
 from sweep.corpus import write_corpus
 from sweep.data import DataError, discover_audio, select_utterances, split_by_speaker
 from sweep.errors import UsageError
-from sweep.events import TrialLifecycle
+from sweep.events import TrialEvents, TrialLifecycle
 from sweep.features import build_feature_cache
 from sweep.mps import mps_daemon
 from sweep.plan import SweepPlan, git_commit, load_study
@@ -58,14 +58,16 @@ def run_sweep(
     address: str | None = None,
     dashboard: bool = True,
     dashboard_host: str = "127.0.0.1",
+    verbose: bool = False,
 ) -> int:
+    """The sweep, start to summary; the exit code. verbose: Tune's status tables and Ray's INFO lines."""
     if not plan.mps:
-        return _run(plan, resume, address, dashboard, dashboard_host)
+        return _run(plan, resume, address, dashboard, dashboard_host, verbose=verbose)
     if ray.is_initialized():
         raise UsageError("--mps needs a Ray that the sweep starts itself (its workers must see the daemon).")
     with _sigterm_as_exit(), mps_daemon(Path(plan.workdir) / ".mps" / plan.experiment) as env:
         try:
-            return _run(plan, resume, address, dashboard, dashboard_host, worker_env=env)
+            return _run(plan, resume, address, dashboard, dashboard_host, env, verbose)
         finally:
             ray.shutdown()  # the trials' workers leave the daemon before it stops
 
@@ -91,10 +93,11 @@ def _run(
     dashboard: bool,
     dashboard_host: str,
     worker_env: dict | None = None,
+    verbose: bool = False,
 ) -> int:
     try:
         check_reachable(plan.mlflow_uri)
-        info = _start_ray(address, dashboard, plan, dashboard_host, worker_env)
+        info = _start_ray(address, dashboard, plan, dashboard_host, worker_env, verbose)
         context, tags = _prepare(plan)
         if not is_uri(plan.storage):
             Path(plan.storage).mkdir(parents=True, exist_ok=True)
@@ -123,7 +126,9 @@ def _run(
     )
     # Tune warns when checkpoints come faster than every 5 s: by design in short smoke trials.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    tuner = _restore_tuner(plan, trainable) if resume else _new_tuner(plan, trainable, tracking)
+    if not verbose:  # Tune's newer console prints its experiment box and a TensorBoard hint at any verbosity
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    tuner = _restore_tuner(plan, trainable) if resume else _new_tuner(plan, trainable, tracking, verbose)
     _print_where(plan, tracking, info)
     grid = tuner.fit()
     return _finish(plan, tracking, grid)
@@ -154,7 +159,10 @@ def _prepare(plan: SweepPlan) -> tuple[TrialContext, dict]:
             [cache.latents(i) for i in reference_ids],
             [cache.audio(i) for i in reference_ids],
         )
-        log.info("the codec's own reconstruction: %s", plan.codec_reference)
+        log.info(
+            "the codec's own reconstruction (the sweep's reference): %s",
+            ", ".join(f"{name} {value:.3f}" for name, value in plan.codec_reference.items()),
+        )
     fingerprint = spec.fingerprint()
     tags = {
         "git.commit": git_commit(Path(__file__).parent),
@@ -218,13 +226,15 @@ def _start_ray(
     plan: SweepPlan,
     dashboard_host: str = "127.0.0.1",
     worker_env: dict | None = None,
+    verbose: bool = False,
 ):
+    level = logging.INFO if verbose else logging.WARNING
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():  # a caller (a test, a notebook) brought its own Ray
         info = None
     elif address:
         try:
-            info = ray.init(address=address)
+            info = ray.init(address=address, logging_level=level)
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
             raise UsageError(
                 f"cannot join the Ray cluster at {address}: {str(err)[:300]}. Check the address (ray status "
@@ -238,13 +248,18 @@ def _start_ray(
         if warning:
             print(warning, file=sys.stderr)
         runtime_env = {"env_vars": worker_env} if worker_env else None  # MPS: the workers are its clients
-        info = ray.init(include_dashboard=dashboard, dashboard_host=dashboard_host, runtime_env=runtime_env)
+        info = ray.init(
+            include_dashboard=dashboard,
+            dashboard_host=dashboard_host,
+            runtime_env=runtime_env,
+            logging_level=level,
+        )
     if plan.gpus_per_trial > 0 and not ray.cluster_resources().get("GPU"):
         raise UsageError(f"--gpus-per-trial {plan.gpus_per_trial:g} but the Ray cluster has no GPUs.")
     return info
 
 
-def _run_config(plan: SweepPlan, tracking: SweepTracking) -> tune.RunConfig:
+def _run_config(plan: SweepPlan, tracking: SweepTracking, verbose: bool = False) -> tune.RunConfig:
     return tune.RunConfig(
         name=plan.experiment,
         storage_path=plan.storage,
@@ -252,12 +267,12 @@ def _run_config(plan: SweepPlan, tracking: SweepTracking) -> tune.RunConfig:
         # state); the final one is the trained weights alone. --keep-checkpoints N keeps more.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=plan.keep_checkpoints),
         failure_config=tune.FailureConfig(max_failures=2),  # a dead worker resumes from its last checkpoint
-        verbose=1,  # the status table; each trial's metrics are in MLflow rather than on the console
-        callbacks=[TrialLifecycle(tracking, keep_optimizer=plan.keep_checkpoints > 1)],
+        verbose=2 if verbose else 0,  # Tune's tables behind --verbose; TrialEvents says what happens
+        callbacks=[TrialEvents(plan), TrialLifecycle(tracking, keep_optimizer=plan.keep_checkpoints > 1)],
     )
 
 
-def _new_tuner(plan: SweepPlan, trainable, tracking: SweepTracking) -> tune.Tuner:
+def _new_tuner(plan: SweepPlan, trainable, tracking: SweepTracking, verbose: bool = False) -> tune.Tuner:
     return tune.Tuner(
         trainable,
         param_space=spaces.SPACES[plan.space](plan.search),
@@ -275,7 +290,7 @@ def _new_tuner(plan: SweepPlan, trainable, tracking: SweepTracking) -> tune.Tune
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),
-        run_config=_run_config(plan, tracking),
+        run_config=_run_config(plan, tracking, verbose),
     )
 
 
@@ -297,7 +312,10 @@ def _restore_tuner(plan: SweepPlan, trainable) -> tune.Tuner:
 def _print_where(plan: SweepPlan, tracking: SweepTracking, info) -> None:
     url = getattr(info, "dashboard_url", None)
     if url:
-        print(f"Ray dashboard: http://{url}  (loopback only; from another machine: ssh -L 8265:{url} <host>)")
+        print(
+            f"Ray dashboard: http://{url}  (its token: `ray get-auth-token`; loopback only, from another "
+            f"machine: ssh -L 8265:{url} <host>)"
+        )
     print(f"MLflow parent run {tracking.parent_run_id} in {plan.mlflow_uri}")
 
 
@@ -351,7 +369,7 @@ def storage_report(plan: SweepPlan, tracking: SweepTracking) -> str:
 def _print_summary(plan: SweepPlan, tracking: SweepTracking, summary, grid) -> None:
     print("\n# Sweep summary: " + plan.experiment + "\n")
     print(summary.tables())
-    for report in summary.best_reports:
+    for report in summary.best_reports[:1]:  # the best trial; summary.md has the next ones too
         print(report)
     print(summary.closing())
     if grid.errors:

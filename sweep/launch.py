@@ -17,14 +17,13 @@ What every metric, the objective, the constraint and the two gates mean: docs/sc
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 
 from sweep import spaces
 from sweep.config import PRESETS, RECON_MARGIN, SCHEDULERS
-from sweep.console import describe, projection
+from sweep.console import configure_logging, describe, projection
 from sweep.errors import UsageError, report_usage_error
 from sweep.plan import COMPILE_CHOICES, COMPILE_MIN_STEPS, TRIAL_GPU_MEMORY_GIB, TRIALS_PER_GPU, make_plan
 from sweep.throughput import BENCH_FILE
@@ -158,6 +157,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     res.add_argument("--address", help="an existing Ray cluster (or RAY_ADDRESS); default: start Ray here")
     res.add_argument("--no-dashboard", action="store_true", help="do not start Ray's dashboard (local Ray)")
     res.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Ray Tune's status tables and every library's INFO lines; by default the console has one line "
+        "per trial event, then the summary",
+    )
+    res.add_argument(
         "--dashboard-host",
         default="127.0.0.1",
         help="address Ray's dashboard binds to (default 127.0.0.1). It runs code for whoever reaches it: "
@@ -178,8 +183,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
+    configure_logging(args.verbose)
     workdir = Path.cwd().resolve()
     try:
         plan = make_plan(args, workdir)
@@ -200,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             address=args.address,
             dashboard=not args.no_dashboard,
             dashboard_host=args.dashboard_host,
+            verbose=args.verbose,
         )
     except UsageError as err:
         return report_usage_error(err)

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,7 +289,9 @@ def importances(study) -> dict | str:
     out = {}
     try:
         for i, name in enumerate(OBJECTIVES):
-            out[name] = optuna.importance.get_param_importances(study, target=lambda t, i=i: t.values[i])
+            with warnings.catch_warnings():  # PedAnova's "low target values" reminder: ours are minimised
+                warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator", category=UserWarning)
+                out[name] = optuna.importance.get_param_importances(study, target=lambda t, i=i: t.values[i])
     except (ValueError, RuntimeError) as err:
         return f"not computed: {err}"
     return out

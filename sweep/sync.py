@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 from sweep import storage
 from sweep.config import TrialParams, rung_steps, trial_number, trial_seed
 from sweep.errors import UsageError, report_usage_error
-from sweep.objective import OBJECTIVES, PROBE, STATUS
+from sweep.objective import OBJECTIVES, PROBE, STATUS, WALL
 from sweep.plan import PLAN_FILE, SweepPlan, load_study
 from sweep.summary import publish_summary, results_frame, summarise
 from sweep.tracking import (
@@ -121,7 +121,9 @@ def _send_reports(run: TrialRun, rows: list[dict], rungs: set[int]) -> int:
     for row in fresh:
         final = row.get(STATUS) is not None
         probe = not final and row["step"] in rungs
-        metrics = {k: v for k, v in row.items() if "/" in k and (probe or not k.startswith(PROBE))}
+        metrics = {
+            k: v for k, v in row.items() if "/" in k and k != WALL and (probe or not k.startswith(PROBE))
+        }  # time/wall is a Unix time, for sweep.bench: not a metric
         if not final:  # the surrogate placeholders (objective.pending): not values
             metrics = {k: v for k, v in metrics.items() if k not in OBJECTIVES}
         run.log_metrics(metrics, int(row["step"]))

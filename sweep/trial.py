@@ -99,6 +99,7 @@ def train_trial(config: dict, context: TrialContext) -> None:
     )
     torch.manual_seed(params.seed)
     torch.set_num_threads(max(1, context.threads))
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # "Checkpoint successfully created at" lines
     device = pick_device(context.device)
     run = _child_run(context, params, name)
     node = {NODE_ID: ray.get_runtime_context().get_node_id()}  # which Ray node ran it (a retry may move it)
@@ -299,7 +300,7 @@ def _evaluate(
 
 
 def _log_final(run: TrialRun, final: dict, evaluation: TrialEvaluation, files: dict, step: int) -> None:
-    run.log_metrics({k: v for k, v in final.items() if not k.startswith(PROBE)}, step)
+    run.log_metrics({k: v for k, v in final.items() if not k.startswith(PROBE) and k != WALL}, step)
     log_trial_evaluation(run, evaluation, files)
     run.set_tags({"rollout/horizon": str(int(final["rollout/horizon"]))})
 

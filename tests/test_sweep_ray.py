@@ -1,5 +1,7 @@
 """The sweep end to end through Ray Tune, Optuna and MLflow, on the smoke preset with tiny settings."""
 
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -28,16 +30,18 @@ def smoke_sweep(ray_cluster, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("sweep")
     old = os.getcwd()
     os.chdir(workdir)
+    console = io.StringIO()
     try:
         started = time.perf_counter()
-        code = main(
-            ["--space", "beta_dim", "--preset", "smoke", "--steps", "8"] + ["--experiment", "smoke-test"]
-        )
+        with contextlib.redirect_stdout(console):
+            code = main(
+                ["--space", "beta_dim", "--preset", "smoke", "--steps", "8"] + ["--experiment", "smoke-test"]
+            )
         seconds = time.perf_counter() - started
     finally:
         os.chdir(old)
     print(f"smoke sweep: {seconds:.1f} s")
-    return workdir, code
+    return workdir, code, console.getvalue()
 
 
 def _runs(workdir):
@@ -50,12 +54,28 @@ def _runs(workdir):
 
 
 def test_sweep_completes(smoke_sweep):
-    _, code = smoke_sweep
+    _, code, _ = smoke_sweep
     assert code == 0
 
 
+def test_the_console_is_one_line_per_trial_event_then_the_summary(smoke_sweep):
+    """Two screens at most; Tune's tables and Ray Train's checkpoint lines only with --verbose."""
+    *_, console = smoke_sweep
+    lines = console.rstrip("\n").splitlines()
+    assert len(lines) <= 100, console
+    for trial in ("t001", "t002", "t003", "t004"):
+        for event in ("started: ", "finished at step 8: rollout_k4 "):
+            assert sum(f" {trial} {event}" in line for line in lines) == 1, console
+    assert "[4/4 done, 0 running]" in console
+    noise = ("Trial status:", "Checkpoint successfully created", "\u256d", "TensorBoard", "Current time:")
+    assert [text for text in noise if text in console] == []
+    summary = console.index("# Sweep summary")
+    assert console.index("Verdict:", summary) < console.index("Open the results", summary)
+    assert lines[-1].startswith("  Tune results: ")  # nothing after the UI commands
+
+
 def test_mlflow_holds_one_parent_and_a_child_per_trial(smoke_sweep):
-    workdir, _ = smoke_sweep
+    workdir, *_ = smoke_sweep
     client, parents, children = _runs(workdir)
     assert len(parents) == 1 and len(children) == 4
     parent = parents[0]
@@ -91,7 +111,7 @@ def test_mlflow_holds_one_parent_and_a_child_per_trial(smoke_sweep):
 
 
 def test_optuna_study_persists_with_the_baseline_first(smoke_sweep):
-    workdir, _ = smoke_sweep
+    workdir, *_ = smoke_sweep
     study = optuna.load_study(study_name="smoke-test", storage=f"sqlite:///{workdir / 'optuna.db'}")
     assert len(study.trials) == 4
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
@@ -102,7 +122,7 @@ def test_optuna_study_persists_with_the_baseline_first(smoke_sweep):
 
 def test_trials_ran_concurrently(smoke_sweep):
     """OptunaSearch once ran trials one at a time; two CPUs should hold two trials."""
-    workdir, _ = smoke_sweep
+    workdir, *_ = smoke_sweep
     _, _, children = _runs(workdir)
     spans = sorted((c.info.start_time, c.info.end_time) for c in children)
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
