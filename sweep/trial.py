@@ -20,6 +20,7 @@ non-finite value are recorded, the searcher gets the surrogate, the sweep goes o
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import gc
@@ -29,6 +30,7 @@ import math
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,20 +93,47 @@ class TrialContext:
     tracking: SweepTracking | None = None  # None: no MLflow (the trainable alone, in tests)
 
 
-def train_trial(config: dict, context: TrialContext) -> None:
-    entered = time.perf_counter()
-    name = tune.get_context().get_trial_name()
+@dataclass
+class Trial:
+    """A trial ready to train: what `build_trial` makes from its config, with or without Ray."""
+
+    params: TrialParams
+    device: torch.device
+    trainer: VAETrainer
+    cache: FeatureCache
+    sampler: CropSampler
+    rungs: frozenset[int]  # ASHA's milestones: a cheap battery and a checkpoint there
+    latest: dict  # the newest probe values (from the checkpoint it resumed from; unmeasured before)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A report point of `train`: the loss terms' means since the last one."""
+
+    step: int
+    curves: dict
+    rung: bool  # a cheap battery is due (ASHA decides on it)
+    checkpoint: bool  # a resumable checkpoint is due (every checkpoint_every steps, and at rungs)
+    last: bool  # training is over: evaluation follows
+
+
+class Diverged(Exception):
+    """A non-finite loss: the step, its loss terms, and the means of the finite steps before it."""
+
+    def __init__(self, step: int, values: dict, last_finite: dict):
+        super().__init__(f"training diverged at step {step}: {values}")
+        self.step, self.values, self.last_finite = step, values, last_finite
+
+
+def build_trial(config: dict, context: TrialContext, name: str, checkpoint: Path | None = None) -> Trial:
+    """The trial's identity and seed (from its name, t<number>), its VAE on its own copy of the codec's
+    decoder, its crops of the shared feature cache; restored from `checkpoint` (a folder) when given."""
     params = TrialParams.from_config(
         {**context.fixed, **config}, context.preset, seed=trial_seed(context.seed, trial_number(name))
     )
     torch.manual_seed(params.seed)
     torch.set_num_threads(max(1, context.threads))
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # "Checkpoint successfully created at" lines
     device = pick_device(context.device)
-    run = _child_run(context, params, name)
-    node = {NODE_ID: ray.get_runtime_context().get_node_id()}  # which Ray node ran it (a retry may move it)
-    if run:
-        run.set_tags({"ray.node_id": node[NODE_ID]})
     cache = FeatureCache(context.cache_dir, verify=False)
     codec = _codec(context.codec)
     decoder = copy.deepcopy(codec.decoder)  # trained by this trial only; the cached codec stays pristine
@@ -114,61 +143,84 @@ def train_trial(config: dict, context: TrialContext) -> None:
     if settings.compile:
         torch._dynamo.reset()  # a reused worker's earlier trials would count towards the recompile limit
     trainer = VAETrainer(BetaVAE(params.vae_config(context.preset), decoder), device, settings)
-    latest = _restore(trainer, params.train_steps)
+    latest = restore(trainer, checkpoint, params.train_steps) if checkpoint else unmeasured()
     preset = context.preset
     crop_frames = round(preset.crop_seconds * codec.frame_rate)
     sampler = CropSampler(cache, list(context.train_ids), crop_frames, preset.batch_size, seed=params.seed)
-    rungs = set(rung_steps(params.train_steps, preset.probe_first)) if context.probes else set()
-    window, clock = _Window(trainer.metric_names, trainer.step), _Clock()
-    clock.totals["setup"] = time.perf_counter() - entered  # codec, VAE, MLflow run, restore; not Ray's part
-    curves = {}
-    while trainer.step < params.train_steps:
+    rungs = frozenset(rung_steps(params.train_steps, preset.probe_first) if context.probes else ())
+    return Trial(params, device, trainer, cache, sampler, rungs, latest)
+
+
+def train(trial: Trial, preset: Preset, clock: _Clock | None = None) -> Iterator[Interval]:
+    """Train to the trial's last step, yielding at each report point (every report_every steps, at
+    rungs, at the end); raises Diverged at the report point after a non-finite loss."""
+    clock = clock or _Clock()
+    trainer, steps = trial.trainer, trial.params.train_steps
+    window = _Window(trainer.metric_names, trainer.step)
+    while trainer.step < steps:
         # No host sync inside a report interval: the CPU queues steps while the GPU runs them.
-        window.add(clock.timed("train", trainer.train_step_async, sampler.batch(trainer.step)))
+        window.add(clock.timed("train", trainer.train_step_async, trial.sampler.batch(trainer.step)))
         step = trainer.step
-        last = step == params.train_steps
-        if not (last or step in rungs or step % preset.report_every == 0):
+        last, rung = step == steps, step in trial.rungs
+        if not (last or rung or step % preset.report_every == 0):
             continue
         curves = clock.timed("train", window.flush)  # waits for the interval's steps
         if window.diverged:
-            return _end_diverged(window, run, latest)
-        if last:
-            break
-        logged = curves
-        if step in rungs:
-            latest = clock.timed("probe", _probe, trainer, cache, context, params, device)
-            logged = {**curves, **latest}  # probe values go to MLflow under probe/ only, at their rung
-        if run:
-            clock.timed("logging", run.log_metrics, logged, step)
-        keep = step % preset.checkpoint_every == 0 or step in rungs
-        metrics = {
-            TIME_ATTR: step,
-            **curves,
-            **pending(),
-            **latest,
-            **node,
-            WALL: time.time(),
-            **clock.seconds(),
-        }
-        clock.timed("checkpoint", _report, metrics, trainer if keep else None, latest)
+            raise Diverged(*window.diverged)
+        checkpoint = not last and (rung or step % preset.checkpoint_every == 0)
+        yield Interval(step, curves, rung and not last, checkpoint, last)
+
+
+def train_trial(config: dict, context: TrialContext) -> None:
+    """The Tune trainable: build, train (reports, probes at rungs, checkpoints), evaluate, report."""
+    entered = time.perf_counter()
+    name = tune.get_context().get_trial_name()
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # "Checkpoint successfully created at" lines
+    resume = tune.get_checkpoint()
+    with resume.as_directory() if resume else contextlib.nullcontext() as folder:
+        trial = build_trial(config, context, name, Path(folder) if folder else None)
+    run = _child_run(context, trial.params, name)
+    node = {NODE_ID: ray.get_runtime_context().get_node_id()}  # which Ray node ran it (a retry may move it)
+    if run:
+        run.set_tags({"ray.node_id": node[NODE_ID]})
+    clock = _Clock()
+    clock.totals["setup"] = time.perf_counter() - entered  # codec, VAE, MLflow run, restore; not Ray's part
+    curves = {}
+    try:
+        for interval in train(trial, context.preset, clock):
+            curves = interval.curves
+            if interval.last:
+                break
+            logged = curves
+            if interval.rung:  # probe values go to MLflow under probe/ only, at their rung
+                trial.latest = clock.timed("probe", _probe, trial, context)
+                logged = {**curves, **trial.latest}
+            if run:
+                clock.timed("logging", run.log_metrics, logged, interval.step)
+            metrics = {TIME_ATTR: interval.step, **curves, **pending(), **trial.latest, **node,
+                       WALL: time.time(), **clock.seconds()}  # fmt: skip
+            keep = trial.trainer if interval.checkpoint else None
+            clock.timed("checkpoint", _report, metrics, keep, trial.latest)
+    except Diverged as diverged:
+        return _end_diverged(diverged, run, trial.latest)
     with tempfile.TemporaryDirectory() as scratch:
-        final = _finish(trainer, cache, context, params, device, run, latest, {**curves, **latest, **node},
-                        clock, Path(scratch))  # fmt: skip
+        final = _finish(trial, context, run, {**curves, **trial.latest, **node}, clock, Path(scratch))
         # GPU memory goes back before the last report: when Tune ends this worker right after it
         # (ASHA's max_t, the sweep's end), a training thread still holding CUDA tensors aborts the
         # process on its way out ("Fatal Python error: Aborted" in THPVariable_clear, seen on an H100).
-        del trainer, decoder
+        del trial
         _release_device_memory()
         checkpoint = tune.Checkpoint.from_directory(Path(scratch) / "checkpoint")
         tune.report({**final, **clock.seconds()}, checkpoint=checkpoint)
 
 
-def _finish(trainer, cache, context, params, device, run, latest, reported, clock, scratch: Path) -> dict:
+def _finish(trial: Trial, context: TrialContext, run, reported: dict, clock: _Clock, scratch: Path) -> dict:
     """The final battery, recon metrics and WAVs; the trial's files into its folder in Tune's storage
     and MLflow; the final checkpoint (scratch/checkpoint: the trained weights, without the optimizer
     state unless asked: training is over). Returns the final result."""
+    trainer, device, params = trial.trainer, trial.device, trial.params
     folder = scratch / EVALUATION_FOLDER
-    evaluation = clock.timed("evaluation", _evaluate, trainer, cache, context, params, device, folder)
+    evaluation = clock.timed("evaluation", _evaluate, trial, context, folder)
     values = objective_values(evaluation.metrics, params.dim, context.max_recon_mel)
     final = {**reported, TIME_ATTR: trainer.step, **evaluation.metrics, **values, WALL: time.time()}
     final.update({f"time/evaluation/{part}": seconds for part, seconds in evaluation.seconds.items()})
@@ -179,7 +231,7 @@ def _finish(trainer, cache, context, params, device, run, latest, reported, cloc
     clock.timed("checkpoint", persist_trial_folder, folder)
     if run:
         clock.timed("logging", _log_final, run, final, evaluation, files, trainer.step)
-    _write_checkpoint(scratch / "checkpoint", trainer, latest, optimizer=context.keep_optimizer)
+    _write_checkpoint(scratch / "checkpoint", trainer, trial.latest, optimizer=context.keep_optimizer)
     return final
 
 
@@ -218,22 +270,18 @@ def _child_run(context: TrialContext, params: TrialParams, name: str) -> TrialRu
         return None
 
 
-def _restore(trainer: VAETrainer, train_steps: int) -> dict:
-    """Weights, optimiser and step from Tune's latest checkpoint; the probe values reported with it.
-    A finished trial's checkpoint holds weights only: its trial then skips training and evaluates
-    again (the driver was killed between the trial's last report and Tune recording it)."""
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return unmeasured()
-    with checkpoint.as_directory() as folder:
-        meta = load_checkpoint(Path(folder) / CHECKPOINT_MODEL, trainer)
-        if not meta["resumable"] and trainer.step < train_steps:
-            raise RuntimeError(
-                f"checkpoint {checkpoint.path} holds weights at step {trainer.step} of {train_steps} but no "
-                "optimizer state, so training cannot continue from it; start the trial again."
-            )
-        log.info("resumed from a checkpoint at step %d", meta["step"])
-        return json.loads((Path(folder) / CHECKPOINT_PROBE).read_text())
+def restore(trainer: VAETrainer, folder: Path, train_steps: int) -> dict:
+    """Weights, optimiser and step from a checkpoint folder (Tune's latest); the probe values reported
+    with it. A finished trial's checkpoint holds weights only: its trial then skips training and
+    evaluates again (the driver was killed between the trial's last report and Tune recording it)."""
+    meta = load_checkpoint(folder / CHECKPOINT_MODEL, trainer)
+    if not meta["resumable"] and trainer.step < train_steps:
+        raise RuntimeError(
+            f"checkpoint {folder} holds weights at step {trainer.step} of {train_steps} but no "
+            "optimizer state, so training cannot continue from it; start the trial again."
+        )
+    log.info("resumed from a checkpoint at step %d", meta["step"])
+    return json.loads((folder / CHECKPOINT_PROBE).read_text())
 
 
 def _report(metrics: dict, trainer: VAETrainer | None, probe: dict) -> None:
@@ -258,10 +306,10 @@ def _release_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _probe(trainer, cache, context: TrialContext, params: TrialParams, device) -> dict:
+def _probe(trial: Trial, context: TrialContext) -> dict:
     """The cheap battery at an ASHA rung: small MDNs on a subset; its k=4 rollout is the rung's metric.
     Every value it returns is named under probe/."""
-    preset = context.preset
+    preset, cache, params, device = context.preset, trial.cache, trial.params, trial.device
     n_eval = preset.probe_utterances
     train_ids = context.train_ids[: 8 * n_eval]
     eval_ids = context.eval_ids[:n_eval]
@@ -270,24 +318,22 @@ def _probe(trainer, cache, context: TrialContext, params: TrialParams, device) -
         injection_steps=4, seed=params.seed, device=str(device),
     )  # fmt: skip
     battery = run_battery(
-        posterior_means(trainer.vae, [cache.latents(i) for i in train_ids], device),
-        posterior_means(trainer.vae, [cache.latents(i) for i in eval_ids], device),
+        posterior_means(trial.trainer.vae, [cache.latents(i) for i in train_ids], device),
+        posterior_means(trial.trainer.vae, [cache.latents(i) for i in eval_ids], device),
         config,
     )
     return probe_values(battery.metrics, params.dim)
 
 
-def _evaluate(
-    trainer, cache, context: TrialContext, params: TrialParams, device, folder: Path
-) -> TrialEvaluation:
-    preset = context.preset
+def _evaluate(trial: Trial, context: TrialContext, folder: Path) -> TrialEvaluation:
+    preset, cache, params, device = context.preset, trial.cache, trial.params, trial.device
     eval_ids = list(context.eval_ids)
     config = EvalConfig.sized(
         preset.battery_hidden, preset.battery_steps, params.seed, device,
         recon_utterances=preset.recon_utterances, audio_utterances=preset.audio_utterances,
     )  # fmt: skip
     return evaluate_vae(
-        trainer.vae,
+        trial.trainer.vae,
         [cache.latents(i) for i in context.train_ids],
         [cache.latents(i) for i in eval_ids],
         [cache.audio(i) for i in eval_ids],
@@ -305,12 +351,12 @@ def _log_final(run: TrialRun, final: dict, evaluation: TrialEvaluation, files: d
     run.set_tags({"rollout/horizon": str(int(final["rollout/horizon"]))})
 
 
-def _end_diverged(window: _Window, run: TrialRun | None, latest: dict) -> None:
+def _end_diverged(diverged: Diverged, run: TrialRun | None, latest: dict) -> None:
     """Report the divergence honestly and end the trial; the searcher sees the surrogate."""
-    step, metrics, last_finite = window.diverged
-    log.warning("training diverged at step %d: %s", step, metrics)
-    final = {**latest, **last_finite, **objective_values({}, 1, 0.0), TIME_ATTR: step,
-             STATUS: DIVERGED, "diverged/step": step, "diverged/loss": metrics["train/loss"]}  # fmt: skip
+    step, loss = diverged.step, diverged.values["train/loss"]
+    log.warning("%s", diverged)
+    final = {**latest, **diverged.last_finite, **objective_values({}, 1, 0.0), TIME_ATTR: step,
+             STATUS: DIVERGED, "diverged/step": step, "diverged/loss": loss}  # fmt: skip
     if run:
         run.log_metrics({k: v for k, v in final.items() if not k.startswith(PROBE)}, step)
         run.set_tags({"sweep.diverged_step": str(step)})

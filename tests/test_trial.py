@@ -1,0 +1,102 @@
+"""One trial's pieces without Ray (sweep/trial.py): the training loop's report points, rungs and
+checkpoints, divergence, and the checkpoint a trial resumes from."""
+
+import math
+
+import pytest
+import torch
+
+from models.codec import MimiCodec
+from models.training import VAETrainer
+from models.vae import BetaVAE, VAEConfig
+from sweep.config import PRESETS, TrialParams
+from sweep.trial import Diverged, Trial, _write_checkpoint, restore, train
+
+PRESET = PRESETS["smoke"]  # 40 steps, a report every 5, a checkpoint every 20
+NAMES = ("train/loss", "train/kl")
+
+
+class FakeTrainer:
+    """VAETrainer's loop-facing surface: a step counter and one row of loss terms per step."""
+
+    metric_names = NAMES
+
+    def __init__(self, losses, step=0):
+        self.losses, self.step = losses, step
+
+    def train_step_async(self, batch):
+        self.step += 1
+        return torch.tensor([self.losses[self.step - 1], 2.0 * self.step])
+
+
+class FakeSampler:
+    def batch(self, step):
+        return None
+
+
+def fake_trial(losses, rungs=(), step=0) -> Trial:
+    params, trainer = TrialParams.from_config({}, PRESET), FakeTrainer(losses, step)
+    return Trial(params, torch.device("cpu"), trainer, None, FakeSampler(), frozenset(rungs), {})
+
+
+def test_reports_come_every_report_every_steps_at_rungs_and_at_the_end():
+    losses = [float(i) for i in range(1, 41)]
+    intervals = list(train(fake_trial(losses, rungs=(10, 20, 23)), PRESET))
+    assert [i.step for i in intervals] == [5, 10, 15, 20, 23, 25, 30, 35, 40]
+    assert [i.step for i in intervals if i.rung] == [10, 20, 23]
+    assert [i.step for i in intervals if i.checkpoint] == [10, 20, 23]  # every 20, and at rungs
+    assert [i.last for i in intervals] == [False] * 8 + [True]
+    # the means of the loss terms since the previous report point
+    assert intervals[0].curves == {"train/loss": 3.0, "train/kl": 6.0}
+    assert intervals[4].curves["train/loss"] == pytest.approx((21 + 22 + 23) / 3)
+
+
+def test_a_resumed_trial_reports_from_its_step_on():
+    intervals = list(train(fake_trial([1.0] * 40, step=20), PRESET))
+    assert [i.step for i in intervals] == [25, 30, 35, 40]
+
+
+def test_a_non_finite_loss_ends_training_at_the_next_report_point():
+    losses = [1.0] * 40
+    losses[12] = math.nan  # step 13
+    seen = []
+    with pytest.raises(Diverged) as raised:
+        for interval in train(fake_trial(losses), PRESET):
+            seen.append(interval.step)
+    assert seen == [5, 10]
+    diverged = raised.value
+    assert diverged.step == 13 and math.isnan(diverged.values["train/loss"])
+    assert diverged.last_finite == {"train/loss": 1.0, "train/kl": pytest.approx(2.0 * 11.5)}  # steps 11, 12
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return MimiCodec.random_init("reduced", seed=0)
+
+
+def tiny_trainer(codec, step=0) -> VAETrainer:
+    fresh = type(codec).random_init("reduced", seed=0)
+    trainer = VAETrainer(BetaVAE(VAEConfig(latent_dim=8), fresh.decoder))
+    trainer.step = step
+    return trainer
+
+
+def test_a_trial_resumes_weights_step_and_probe_values_from_its_checkpoint(codec, tmp_path):
+    saved = tiny_trainer(codec, step=20)
+    with torch.no_grad():
+        for p in saved.vae.parameters():
+            p.add_(0.01)
+    probe = {"probe/objective/rollout_k4": -0.25, "probe/measured": 1.0}
+    _write_checkpoint(tmp_path, saved, probe)
+    fresh = tiny_trainer(codec)
+    assert restore(fresh, tmp_path, train_steps=40) == probe
+    assert fresh.step == 20
+    for a, b in zip(saved.vae.state_dict().values(), fresh.vae.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_weights_only_checkpoint_cannot_continue_training(codec, tmp_path):
+    _write_checkpoint(tmp_path, tiny_trainer(codec, step=20), {}, optimizer=False)
+    with pytest.raises(RuntimeError, match="no optimizer state"):
+        restore(tiny_trainer(codec), tmp_path, train_steps=40)
+    assert restore(tiny_trainer(codec), tmp_path, train_steps=20) == {}  # finished: evaluates again
