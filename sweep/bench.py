@@ -46,7 +46,7 @@ from sweep.config import PRESETS, Preset, TrialParams
 from sweep.corpus import write_corpus
 from sweep.data import DataError, discover_audio, select_utterances, split_by_speaker
 from sweep.errors import report_usage_error
-from sweep.features import CropSampler, build_feature_cache
+from sweep.features import CropSampler, prepare_data
 from sweep.sync import trial_reports
 from sweep.throughput import markdown, overhead_table, summarise_trials
 
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["tune"] = [e for e in results.get("tune", []) if e not in same] + [entry]
                 _save(out, results, preset)  # each measurement is kept, whatever happens next
     if "step" in parts:
-        results["step"] = bench_step(args, preset, device, files, split[0], workdir)
+        results["step"] = bench_step(args, preset, device, data, workdir)
         _save(out, results, preset)
     if "battery" in parts:
         hidden = (args.battery_hidden,) * 2
@@ -173,9 +173,18 @@ def _tune_run(args, device: torch.device, data: Path, workdir: Path, n: int, mps
 # ---------------------------------------------------------------- step: one process, each variant
 
 
-def bench_step(args, preset: Preset, device: torch.device, files, train_files, workdir: Path) -> dict:
+def bench_step(args, preset: Preset, device: torch.device, data: Path, workdir: Path) -> dict:
     codec = MimiCodec.from_spec(CodecSpec.parse(args.codec)).to(device)
-    sampler = _sampler(codec, preset, files, train_files, workdir, device)
+    prepared = prepare_data(
+        data,
+        codec,
+        workdir / "cache",
+        max_utterances=preset.max_utterances,
+        min_seconds=preset.crop_seconds,
+        device=device,
+    )  # the sweeps' split (seed 0) and cache
+    crop = round(preset.crop_seconds * codec.frame_rate)
+    sampler = CropSampler(prepared.cache, prepared.train_ids, crop, preset.batch_size, seed=0)
     variants = {"eager, host sync every step": (StepSettings(), True), "eager": (StepSettings(), False)}
     if device.type == "cuda":
         variants["eager + fused AdamW"] = (StepSettings(fused_optimizer=True), False)
@@ -225,14 +234,6 @@ def compare_with_eager(
         "trajectory_steps": steps,
         "trajectory_last20_rel_diff": float(abs(curves[1][-20:].mean() / curves[0][-20:].mean() - 1)),
     }
-
-
-def _sampler(codec: MimiCodec, preset: Preset, files, train_files, workdir: Path, device) -> CropSampler:
-    cache = build_feature_cache(
-        files, codec, workdir / "cache", min_seconds=preset.crop_seconds, device=str(device)
-    )
-    crop = round(preset.crop_seconds * codec.frame_rate)
-    return CropSampler(cache, cache.ids_for(train_files), crop, preset.batch_size, seed=0)
 
 
 def _trainer(codec: MimiCodec, preset: Preset, device, settings: StepSettings) -> VAETrainer:

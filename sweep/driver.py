@@ -27,11 +27,10 @@ from models.training import StepSettings
 from sweep import spaces, storage
 from sweep.config import trial_name
 from sweep.console import describe, exposure_warning
-from sweep.corpus import write_corpus
-from sweep.data import DataError, discover_audio, select_utterances, split_by_speaker
+from sweep.data import DataError
 from sweep.errors import UsageError
 from sweep.events import TrialEvents, TrialLifecycle
-from sweep.features import build_feature_cache
+from sweep.features import prepare_data
 from sweep.mps import mps_daemon
 from sweep.plan import SweepPlan, git_commit, load_study
 from sweep.search import param_space, scheduler, searcher
@@ -138,20 +137,15 @@ def _prepare(plan: SweepPlan) -> tuple[TrialContext, dict]:
     """The data split and the feature cache, built once here, before any trial starts."""
     preset = plan.preset
     data = Path(plan.data)
-    if not data.exists() and preset.data is None and preset.codec.startswith("random:"):
-        written = write_corpus(data)
-        log.info("wrote the bundled smoke corpus (%d utterances) to %s", len(written), data)
-    files = select_utterances(discover_audio(data), preset.max_utterances)
-    train_files, eval_files = split_by_speaker(files, seed=plan.seed)
     spec = CodecSpec.parse(plan.codec)
     codec = MimiCodec.from_spec(spec)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    cache = build_feature_cache(files, codec, plan.cache, min_seconds=preset.crop_seconds, device=device)
-    train_ids, eval_ids = cache.ids_for(train_files), cache.ids_for(eval_files)
-    if not train_ids or not eval_ids:
-        raise DataError(
-            f"{data}: after skipping unusable files, the train or eval split is empty; add speakers."
-        )
+    bundled = preset.data is None and preset.codec.startswith("random:")  # smoke and tiny write it if absent
+    prepared = prepare_data(
+        data, codec, plan.cache, max_utterances=preset.max_utterances, min_seconds=preset.crop_seconds,
+        seed=plan.seed, device=device, write_bundled=bundled,
+    )  # fmt: skip
+    cache, train_ids, eval_ids = prepared.cache, prepared.train_ids, prepared.eval_ids
     if not plan.codec_reference:  # measured once per sweep; a resumed sweep keeps its own
         reference_ids = eval_ids[: preset.recon_utterances]  # the utterances each trial's recon/* scores
         plan.codec_reference = reconstruction_metrics(  # the codec's own: encode -> decode, no bottleneck

@@ -104,6 +104,47 @@ def cache_key(files: list[AudioFile], codec: MimiCodec, min_seconds: float) -> t
     return digest[:24], material
 
 
+@dataclass(frozen=True)
+class PreparedData:
+    """A corpus ready for trials: its feature cache and the speaker-disjoint split, as cache ids."""
+
+    cache: FeatureCache
+    train_ids: list[int]
+    eval_ids: list[int]
+
+
+def prepare_data(
+    data: str | os.PathLike,
+    codec: MimiCodec,
+    cache_root: str | os.PathLike,
+    *,
+    max_utterances: int = 5000,
+    min_seconds: float = DEFAULT_MIN_SECONDS,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    write_bundled: bool = False,
+) -> PreparedData:
+    """Corpus -> utterances -> speaker-disjoint split -> feature cache, the one way the driver, the
+    one-trial smoke run and the benchmark do it. `write_bundled`: an absent `data` folder gets the bundled
+    speech first. DataError when a split ends up empty."""
+    from sweep.corpus import write_corpus
+    from sweep.data import discover_audio, select_utterances, split_by_speaker
+
+    data = Path(data)
+    if write_bundled and not data.exists():
+        written = write_corpus(data)
+        log.info("wrote the bundled smoke corpus (%d utterances) to %s", len(written), data)
+    files = select_utterances(discover_audio(data), max_utterances)
+    train_files, eval_files = split_by_speaker(files, seed=seed)
+    cache = build_feature_cache(files, codec, cache_root, min_seconds=min_seconds, device=device)
+    train_ids, eval_ids = cache.ids_for(train_files), cache.ids_for(eval_files)
+    if not train_ids or not eval_ids:
+        raise DataError(
+            f"{data}: after skipping unusable files, the train or eval split is empty; add speakers."
+        )
+    return PreparedData(cache, train_ids, eval_ids)
+
+
 def build_feature_cache(
     files: list[AudioFile],
     codec: MimiCodec,

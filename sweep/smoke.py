@@ -25,10 +25,9 @@ from models.codec import CodecSpec, MimiCodec
 from models.runtime import pick_device
 from models.training import VAETrainer, save_checkpoint
 from models.vae import BetaVAE, VAEConfig
-from sweep.corpus import write_corpus
-from sweep.data import DataError, discover_audio, select_utterances, split_by_speaker
+from sweep.data import DataError
 from sweep.errors import report_usage_error
-from sweep.features import CropSampler, build_feature_cache
+from sweep.features import CropSampler, prepare_data
 
 log = logging.getLogger("sweep.smoke")
 
@@ -69,21 +68,18 @@ def run(args: argparse.Namespace) -> dict:
     vae_config = VAEConfig(latent_dim=args.dim, beta=args.beta, lr=args.lr)  # validates before any compute
     spec = CodecSpec.parse(args.codec)
     device = pick_device(args.device)
-    data = Path(args.data)
-    if not data.exists():
-        written = write_corpus(data)
-        log.info("wrote the bundled smoke corpus (%d utterances) to %s", len(written), data)
-    files = select_utterances(discover_audio(data))
-    train_files, eval_files = split_by_speaker(files, seed=args.seed)
-
     codec = MimiCodec.from_spec(spec)
     started = time.perf_counter()
-    cache = build_feature_cache(files, codec, args.cache, min_seconds=args.crop_seconds, device=device)
+    prepared = prepare_data(
+        args.data, codec, args.cache, min_seconds=args.crop_seconds, seed=args.seed, device=device,
+        write_bundled=True,
+    )  # fmt: skip
+    cache = prepared.cache
     cache_s = time.perf_counter() - started
 
     crop_frames = round(args.crop_seconds * codec.frame_rate)
-    train = CropSampler(cache, cache.ids_for(train_files), crop_frames, args.batch_size, seed=args.seed)
-    held_out = CropSampler(cache, cache.ids_for(eval_files), crop_frames, args.batch_size, seed=args.seed + 1)
+    train = CropSampler(cache, prepared.train_ids, crop_frames, args.batch_size, seed=args.seed)
+    held_out = CropSampler(cache, prepared.eval_ids, crop_frames, args.batch_size, seed=args.seed + 1)
     trainer = VAETrainer(BetaVAE(vae_config, codec.decoder), device)
 
     eval_batch = held_out.batch(0)
@@ -100,10 +96,10 @@ def run(args: argparse.Namespace) -> dict:
     checkpoint = save_checkpoint(
         trainer, Path(args.out) / "checkpoint", {"codec": spec.describe(), "seed": args.seed}
     )
-    eval_ids = cache.ids_for(eval_files)
+    eval_ids = prepared.eval_ids
     evaluation = evaluate_vae(
         trainer.vae,
-        [cache.latents(i) for i in cache.ids_for(train_files)],
+        [cache.latents(i) for i in prepared.train_ids],
         [cache.latents(i) for i in eval_ids],
         [cache.audio(i) for i in eval_ids],
         [cache.utterances[i].utterance_id for i in eval_ids],

@@ -7,7 +7,7 @@ import torch
 
 from models.codec import MimiCodec
 from sweep.data import DataError, UnusableAudioWarning, discover_audio, read_audio
-from sweep.features import LATENTS_FILE, CropSampler, build_feature_cache
+from sweep.features import LATENTS_FILE, CropSampler, build_feature_cache, prepare_data
 
 
 def test_cache_holds_whole_utterance_latents_and_audio(feature_cache, codec):
@@ -119,3 +119,20 @@ def test_crops_are_frame_aligned_and_deterministic(feature_cache):
 def test_sampler_rejects_crops_longer_than_any_utterance(feature_cache):
     with pytest.raises(DataError, match="no utterance holds a crop"):
         CropSampler(feature_cache, [0], crop_frames=10_000, batch_size=2)
+
+
+def test_prepare_data_splits_by_speaker_and_reuses_the_cache(corpus_dir, codec, feature_cache, tmp_path):
+    """The one preparation the driver, sweep.smoke and sweep.bench share: split, cache, ids."""
+    prepared = prepare_data(corpus_dir, codec, feature_cache.directory.parent, seed=0)
+    assert prepared.cache.directory == feature_cache.directory  # same files and codec: the same entry
+    speakers = [
+        {prepared.cache.utterances[i].speaker for i in ids} for ids in (prepared.train_ids, prepared.eval_ids)
+    ]
+    assert speakers[0] and speakers[1] and not speakers[0] & speakers[1]
+    assert sorted(prepared.train_ids + prepared.eval_ids) == list(range(len(feature_cache)))
+
+
+def test_prepare_data_writes_the_bundled_corpus_only_when_asked(codec, tmp_path):
+    with pytest.raises(DataError):
+        prepare_data(tmp_path / "absent", codec, tmp_path / "cache")
+    assert not (tmp_path / "absent").exists()
