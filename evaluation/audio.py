@@ -26,11 +26,10 @@ import pandas as pd
 import soundfile as sf
 import torch
 
+from models.codec import SAMPLE_RATE
 from models.mdn import MDN
 
 ROLLOUT_LENGTHS = (1, 2, 4, 8, 16)
-SAMPLE_RATE = 24_000
-FRAME_SIZE = 1920
 
 
 @dataclass

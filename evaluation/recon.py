@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torchaudio
 
+from models.codec import SAMPLE_RATE
+
 MEL_WINDOWS = (32, 64, 128, 256, 512, 1024, 2048)
 MEL_BANDS = (5, 10, 20, 40, 80, 160, 320)
 _CLAMP = 1e-5
@@ -50,7 +52,7 @@ def _mel(sample_rate: int, window: int, bands: int, device: str) -> torchaudio.t
     ).to(device)  # fmt: skip
 
 
-def mel_distance(pred, target, sample_rate: int = 24_000) -> float:
+def mel_distance(pred, target, sample_rate: int = SAMPLE_RATE) -> float:
     """Sum over the seven resolutions of mean |log10(max(mel_pred, 1e-5)) - log10(max(mel_target, 1e-5))|:
     DAC's MelSpectrogramLoss as its conf/base.yml sets it (pow 1, mag_weight 0). `pred`, `target`:
     (N,), (B, N) or (B, 1, N) at `sample_rate`."""

@@ -109,13 +109,19 @@ class CodecSpec:
         return info
 
 
+SAMPLE_RATE = 24_000  # Mimi's audio, Hz: every module that needs it takes it from here
+FRAME_SIZE = 1920  # audio samples per latent frame
+FRAME_RATE = SAMPLE_RATE / FRAME_SIZE  # 12.5 latent frames per second
+CODEC_DIM = 512  # Mimi's continuous latents per frame (the VAE's bottleneck is D, VAEConfig.latent_dim)
+
+
 class MimiCodec(nn.Module):
     """Frozen Mimi encoder + trainable Mimi decoder on the continuous (pre-quantizer) latents."""
 
-    sample_rate = 24_000
-    frame_rate = 12.5
-    frame_size = 1920  # samples per latent frame
-    latent_dim = 512
+    sample_rate = SAMPLE_RATE
+    frame_rate = FRAME_RATE
+    frame_size = FRAME_SIZE
+    latent_dim = CODEC_DIM
 
     def __init__(self, model: MimiModel, spec: CodecSpec):
         super().__init__()

@@ -39,7 +39,7 @@ def describe(plan: SweepPlan, cpus: int, gpus: int) -> str:
         "  fixed       "
         + (
             ", ".join(f"{k}={v:g}" for k, v in plan.fixed.items())
-            or "baseline for the rest (beta=0.01, dim=32, 10k steps, no AR losses)"
+            or "baseline for the rest (" + ", ".join(f"{k}={v:g}" for k, v in spaces.BASELINE.items()) + ")"
         ),
         f"  preset      {preset.name}: {per_space} VAE steps per 10k of the space (longest trial "
         f"{plan.max_train_steps()}), batch {preset.batch_size} x {preset.crop_seconds:g} s, lr {preset.lr:g}",

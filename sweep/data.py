@@ -25,7 +25,8 @@ import soundfile as sf
 import torch
 import torchaudio
 
-SAMPLE_RATE = 24_000
+from models.codec import SAMPLE_RATE
+
 AUDIO_EXTENSIONS = (".flac", ".wav")
 DEFAULT_MAX_UTTERANCES = 5000
 _LIBRISPEECH_NAME = re.compile(r"^(\d+)-(\d+)-(\d+)$")

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from models.codec import MimiCodec, config_digest
+from models.codec import SAMPLE_RATE, MimiCodec, config_digest
 from models.training import Batch
-from sweep.data import SAMPLE_RATE, AudioFile, DataError, probe_audio, read_audio, warn_unusable
+from sweep.data import AudioFile, DataError, probe_audio, read_audio, warn_unusable
 
 log = logging.getLogger(__name__)
 

@@ -214,10 +214,12 @@ def _parse_sets(items: list[str], space: str) -> dict:
             raise UsageError(
                 f"--set {name}: the space {space!r} varies {name}; fix only the other parameters."
             )
+        whole = name in ("dim", "steps")
         try:
-            fixed[name] = int(text) if name in ("dim", "steps") else float(text)
+            fixed[name] = int(text) if whole else float(text)
         except ValueError:
-            raise UsageError(f"--set {item!r}: {text!r} is not a number.") from None
+            kind = "an integer" if whole else "a number"
+            raise UsageError(f"--set {item!r}: {text!r} is not {kind}.") from None
     try:
         spaces.validate_values(fixed)
     except ValueError as err:

@@ -25,6 +25,7 @@ from models.codec import CodecSpec, MimiCodec
 from models.runtime import pick_device
 from models.training import VAETrainer, save_checkpoint
 from models.vae import BetaVAE, VAEConfig
+from sweep.config import TrialParams
 from sweep.data import DataError
 from sweep.errors import report_usage_error
 from sweep.features import CropSampler, prepare_data
@@ -47,8 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--crop-seconds", type=float, default=4.0)
-    p.add_argument("--dim", type=int, default=32, help="bottleneck size D")
-    p.add_argument("--beta", type=float, default=0.01)
+    p.add_argument("--dim", type=int, default=TrialParams.dim, help="bottleneck size D")
+    p.add_argument("--beta", type=float, default=TrialParams.beta)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 from ray import tune
 
+from models.vae import VAEConfig
+from sweep.config import TrialParams
+
 SEARCHES = ("optuna", "grid")
 
 
@@ -48,8 +51,9 @@ STEPS = Param("steps", (10_000, 50_000))
 LAMBDA_SMOOTH = Param("lambda_smooth", (0.0, 0.1))
 LAMBDA_PRED = Param("lambda_pred", (0.0, 0.01, 0.1, 1.0))
 
-# The seed experiment's configuration: Optuna's first trial (points_to_evaluate).
-BASELINE = {"beta": 0.01, "dim": 32, "steps": 10_000, "lambda_smooth": 0.0, "lambda_pred": 0.0}
+# The seed experiment's configuration (TrialParams' defaults): Optuna's first trial (points_to_evaluate).
+IDENTITY = ("beta", "dim", "steps", "lambda_smooth", "lambda_pred")  # what a space can vary
+BASELINE = {name: getattr(TrialParams, name) for name in IDENTITY}
 
 
 def baseline(search: str) -> dict:
@@ -120,17 +124,18 @@ def baseline_point(name: str) -> dict:
 
 
 def validate_values(values: dict) -> None:
-    """Reject values no trial can run with (beta <= 0, dim < 1, negative weights), before any compute."""
+    """Reject values no trial can run with, before any compute: the VAE's own rules (VAEConfig: beta a
+    finite number >= 0, dim >= 1, loss weights >= 0) and the sweep's (dim an integer, steps >= 1)."""
     problems = []
-    if "beta" in values and not values["beta"] > 0:
-        problems.append(f"beta must be > 0 (got {values['beta']}); use e.g. 0.001 for a weak KL")
-    if "dim" in values and not (float(values["dim"]).is_integer() and values["dim"] >= 1):
-        problems.append(f"dim must be an integer >= 1 (got {values['dim']})")
+    if "dim" in values and not float(values["dim"]).is_integer():
+        problems.append(f"dim must be an integer (got {values['dim']})")
     if "steps" in values and not values["steps"] >= 1:
         problems.append(f"steps must be >= 1 (got {values['steps']})")
-    for name in ("lambda_smooth", "lambda_pred"):
-        if name in values and not values[name] >= 0:
-            problems.append(f"{name} must be >= 0 (got {values[name]})")
+    vae = {"latent_dim" if k == "dim" else k: v for k, v in values.items() if k in IDENTITY and k != "steps"}
+    try:
+        VAEConfig(**{**vae, "latent_dim": int(vae.get("latent_dim", 1))})
+    except ValueError as err:
+        problems.append(str(err).replace("latent_dim", "dim"))
     if problems:
         raise ValueError("bad trial parameters: " + "; ".join(problems) + ".")
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from models.codec import FRAME_RATE
 from sweep.config import PAPER_STEPS, Preset
 from sweep.objective import STATUS, TIME_ATTR, WALL
 
@@ -194,7 +195,7 @@ def markdown(results: dict) -> str:
         ]
     if "battery" in results:
         b = results["battery"]
-        seconds = b["frames_per_utterance"] / 12.5
+        seconds = b["frames_per_utterance"] / FRAME_RATE
         out.append(
             f"\n## Battery at scale: {b['utterances']} utterances x {seconds:g} s, D = {b['dim']}: "
             f"{b['seconds_total']:.1f} s (fit {b['seconds_by_phase']['fit']:.1f} s)"

@@ -160,8 +160,9 @@ def test_tables_rebuilt_from_flat_metrics():
     [
         (["--space", "nope"], "unknown space 'nope'; choose one of: beta_dim, beta_dim_steps, steps, ar_"),
         (["--space", "beta_dim", "--preset", "huge"], "unknown preset 'huge'; choose one of: smoke, tiny, "),
-        (["--space", "steps", "--set", "beta=0"], "beta must be > 0"),
-        (["--space", "steps", "--set", "dim=0"], "dim must be an integer >= 1"),
+        (["--space", "steps", "--set", "beta=-0.1"], "beta must be a finite number >= 0"),
+        (["--space", "steps", "--set", "dim=0"], "dim must be >= 1, got 0"),
+        (["--space", "steps", "--set", "dim=2.5"], "'2.5' is not an integer"),
         (["--space", "beta_dim", "--set", "beta=0.1"], "varies beta"),
         (["--space", "beta_dim", "--gpus-per-trial", "0.5"], "no visible GPU"),
         (["--space", "beta_dim", "--preset", "paper"], "pass --data"),
