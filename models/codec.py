@@ -121,16 +121,16 @@ class MimiCodec(nn.Module):
     sample_rate = SAMPLE_RATE
     frame_rate = FRAME_RATE
     frame_size = FRAME_SIZE
-    latent_dim = CODEC_DIM
+    codec_dim = CODEC_DIM
 
     def __init__(self, model: MimiModel, spec: CodecSpec):
         super().__init__()
         config = model.config
         got = (config.sampling_rate, config.frame_rate, config.hidden_size)
-        if got != (self.sample_rate, self.frame_rate, self.latent_dim):
+        if got != (self.sample_rate, self.frame_rate, self.codec_dim):
             raise ValueError(
                 f"codec {spec.describe()} has (sample rate, frame rate, latent dim) {got}; "
-                f"this project expects Mimi's {(self.sample_rate, self.frame_rate, self.latent_dim)}."
+                f"this project expects Mimi's {(self.sample_rate, self.frame_rate, self.codec_dim)}."
             )
         self.spec = spec
         self.config = config
@@ -185,9 +185,9 @@ class MimiCodec(nn.Module):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, 512, F) latents -> (B, 1, F * 1920) audio at 24 kHz. Differentiable."""
-        if latents.dim() != 3 or latents.shape[1] != self.latent_dim:
+        if latents.dim() != 3 or latents.shape[1] != self.codec_dim:
             raise ValueError(
-                f"decode expects latents of shape (B, {self.latent_dim}, F), got {tuple(latents.shape)}."
+                f"decode expects latents of shape (B, {self.codec_dim}, F), got {tuple(latents.shape)}."
             )
         return self.decoder(latents)
 

@@ -218,7 +218,7 @@ def _build(files, codec, directory, material, min_seconds, device, batch_size, p
             f"{min_seconds:g} s); see the warning above for each file's problem, and point --data at speech "
             "recordings such as LibriSpeech's train-clean-100."
         )
-    writer.finish(material, skipped, latent_dim=codec.latent_dim)
+    writer.finish(material, skipped, codec_dim=codec.codec_dim)
     if directory.exists():  # a damaged entry, or another process finished first
         shutil.rmtree(directory, ignore_errors=True)
     tmp.rename(directory)
@@ -276,15 +276,15 @@ class _EntryWriter:
             self.samples += len(audio)
             self.frames += len(lat)
 
-    def finish(self, material: dict, skipped: list, latent_dim: int) -> None:
+    def finish(self, material: dict, skipped: list, codec_dim: int) -> None:
         self.audio_file.close()
         self.latent_file.close()
         (self.directory / INDEX_FILE).write_text(json.dumps([asdict(u) for u in self.index]))
         meta = {
             "key_material": material,
             "frame_size": self.frame_size,
-            "latent_dim": latent_dim,
-            "sizes": {AUDIO_FILE: self.samples * 4, LATENTS_FILE: self.frames * latent_dim * 4},
+            "latent_dim": codec_dim,  # the codec's 512 (a key of cache version 1)
+            "sizes": {AUDIO_FILE: self.samples * 4, LATENTS_FILE: self.frames * codec_dim * 4},
             "blake2b": {AUDIO_FILE: self.audio_hash.hexdigest(), LATENTS_FILE: self.latent_hash.hexdigest()},
             "skipped": skipped,
         }

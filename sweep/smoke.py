@@ -3,10 +3,10 @@
     python -m sweep.smoke                        # ~1.5 min on 2 cores
     python -m sweep.smoke --steps 200 --dim 16 --beta 0.1 --codec random:reduced
 
-Stands in for the sweep launcher (`python -m sweep.launch --space beta_dim --preset smoke`) until
-that lands: it runs what a trial runs, without Ray, Optuna or MLflow: the corpus, the shared
-feature cache, VAE training steps and a checkpoint, then the diagnostics battery on the VAE's
-posterior means, reconstruction metrics and rollout WAVs, and prints the report and timings.
+What one trial runs, without Ray, Optuna or MLflow, to check an install or a codec in a minute: the
+corpus, the shared feature cache (features.prepare_data, as the driver prepares it), VAE training
+steps and a checkpoint, then the diagnostics battery on the VAE's posterior means, reconstruction
+metrics and rollout WAVs, and prints the report and timings. A sweep is `python -m sweep.launch`.
 """
 
 from __future__ import annotations

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from mlflow import MlflowClient
 
 from evaluation.report import decision_gate, metrics_report
 from sweep.artifacts import plot_pareto, plot_rollout_vs_horizon
@@ -46,7 +45,7 @@ from sweep.objective import (
     STOPPED,
     TEACHER_OBJECTIVE,
 )
-from sweep.tracking import SweepTracking, end_trial_run, finish_sweep
+from sweep.tracking import SweepTracking, end_trial_run, finish_sweep, mlflow_client
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +315,7 @@ def log_summary(tracking: SweepTracking, frame: pd.DataFrame, summary: Summary, 
                 plots.append(plot(completed, folder / "plots" / name))
             except (ValueError, KeyError, TypeError) as err:
                 log.warning("skipped the %s plot: %s", name, err)
-    client = MlflowClient(tracking.uri)
+    client = mlflow_client(tracking.uri)
     for path in files:
         client.log_artifact(tracking.parent_run_id, str(path))
     for path in plots:

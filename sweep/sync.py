@@ -19,8 +19,6 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from mlflow import MlflowClient
-
 from sweep import storage
 from sweep.config import TrialParams, rung_steps, trial_number, trial_seed
 from sweep.errors import UsageError, report_usage_error
@@ -32,10 +30,11 @@ from sweep.tracking import (
     TrackingUnreachable,
     TrialRun,
     check_reachable,
+    mlflow_client,
     open_sweep_tracking,
 )
 
-log = logging.getLogger("sweep.sync")
+log = logging.getLogger(__name__)
 SHARED_TAGS = ("git.", "data.", "codec.", "sweep.space", "sweep.search", "sweep.preset", "sweep.experiment")
 
 
@@ -69,7 +68,7 @@ def sync_sweep(plan: SweepPlan, mlflow_uri: str | None = None) -> dict:
 
 
 def _parent(plan: SweepPlan, uri: str) -> SweepTracking:
-    client = MlflowClient(uri)
+    client = mlflow_client(uri)
     if plan.parent_run_id:
         try:
             run = client.get_run(plan.parent_run_id)

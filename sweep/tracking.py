@@ -36,12 +36,6 @@ from sweep.storage import folder_bytes
 
 log = logging.getLogger(__name__)
 
-# MLflow retries an HTTP call for minutes by default: neither a trial nor the driver may stall on a
-# server that went away (our own _retry covers short hiccups). A user's settings win.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-
 DEFAULT_STORE = "mlflow.db"
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "sweep.trial_id"
@@ -58,6 +52,20 @@ def default_uri(workdir: str | os.PathLike) -> str:
     return f"sqlite:///{(Path(workdir) / DEFAULT_STORE).resolve()}"
 
 
+def limit_http_retries() -> None:
+    """MLflow retries an HTTP call for minutes by default: neither a trial nor the driver may stall on a
+    server that went away (our own _retry covers short hiccups). A user's settings win. Called before
+    every client this module makes (MLflow reads these when it sends)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def mlflow_client(uri: str) -> MlflowClient:
+    limit_http_retries()
+    return MlflowClient(uri)
+
+
 @contextmanager
 def _fail_fast_http():
     """No retry storm while checking a server: MLflow retries HTTP for minutes by default."""
@@ -67,7 +75,10 @@ def _fail_fast_http():
         yield
     finally:
         for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def check_reachable(uri: str) -> None:
@@ -81,7 +92,7 @@ def check_reachable(uri: str) -> None:
             )
     try:
         with _fail_fast_http():
-            MlflowClient(uri).search_experiments(max_results=1)
+            mlflow_client(uri).search_experiments(max_results=1)
     except Exception as err:  # MlflowException, connection errors, SQL errors: all mean the same here
         hint = (
             "start the server (e.g. `mlflow server --host 127.0.0.1 --port 5000`) or"
@@ -108,7 +119,7 @@ def open_sweep_tracking(
     uri: str, experiment: str, artifact_root: Path | None, params: Mapping, tags: Mapping[str, str]
 ) -> SweepTracking:
     """Create (or reuse) the experiment and start the sweep's parent run."""
-    client = MlflowClient(uri)
+    client = mlflow_client(uri)
     found = client.get_experiment_by_name(experiment)
     if found is not None:
         experiment_id = found.experiment_id
@@ -124,7 +135,7 @@ def open_sweep_tracking(
 
 def reopen_sweep_tracking(uri: str, parent_run_id: str, tags: Mapping[str, str]) -> SweepTracking:
     """The same parent run again, for --resume; it is marked running until the sweep ends."""
-    client = MlflowClient(uri)
+    client = mlflow_client(uri)
     run = client.get_run(parent_run_id)
     client.update_run(parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
     return SweepTracking(uri, run.info.experiment_id, parent_run_id, dict(tags))
@@ -134,11 +145,11 @@ def log_sweep_metrics(sweep: SweepTracking, metrics: Mapping[str, float]) -> Non
     """Metrics of the sweep as a whole (the codec's reference reconstruction, the constraint's bound)."""
     stamp = int(time.time() * 1000)
     batch = [Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
-    MlflowClient(sweep.uri).log_batch(sweep.parent_run_id, metrics=batch)
+    mlflow_client(sweep.uri).log_batch(sweep.parent_run_id, metrics=batch)
 
 
 def finish_sweep(tracking: SweepTracking, status: str = "FINISHED") -> None:
-    MlflowClient(tracking.uri).set_terminated(tracking.parent_run_id, status=status)
+    mlflow_client(tracking.uri).set_terminated(tracking.parent_run_id, status=status)
 
 
 # How a trial ended (sweep.status) -> the MLflow run status.
@@ -150,7 +161,7 @@ def end_trial_run(sweep: SweepTracking, trial_id: str, status: str) -> bool:
 
     Trials never close their own run: a result Tune has not recorded yet (driver killed) is
     produced again on --resume, and the run stays open until then. False if no open run was found."""
-    client = MlflowClient(sweep.uri)
+    client = mlflow_client(sweep.uri)
     query = (f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{sweep.parent_run_id}' "
              "and attributes.status = 'RUNNING'")  # fmt: skip
     runs = _retry(lambda: client.search_runs([sweep.experiment_id], query, max_results=1))
@@ -164,7 +175,7 @@ def mlflow_artifact_bytes(sweep: SweepTracking) -> int | None:
     """Bytes of the sweep's runs' artifacts where MLflow keeps them in a local folder; None elsewhere
     (a server's store, object storage) or when MLflow cannot be asked."""
     try:
-        runs = MlflowClient(sweep.uri).search_runs([sweep.experiment_id], max_results=10_000)
+        runs = mlflow_client(sweep.uri).search_runs([sweep.experiment_id], max_results=10_000)
     except Exception:  # MLflow away: the storage line goes without this figure
         return None
     folders = [urlparse(r.info.artifact_uri) for r in runs]
@@ -196,7 +207,7 @@ class TrialRun:
         tags: Mapping[str, str],
         count_attempt: bool = True,
     ) -> TrialRun:
-        client = MlflowClient(sweep.uri)
+        client = mlflow_client(sweep.uri)
         query = f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{sweep.parent_run_id}'"
         found = _retry(lambda: client.search_runs([sweep.experiment_id], query, max_results=1))
         if found and not count_attempt:

@@ -14,7 +14,7 @@ def test_shapes_of_encode_and_decode(codec):
 
 
 def test_interface_constants(codec):
-    assert (codec.sample_rate, codec.frame_rate, codec.frame_size, codec.latent_dim) == (
+    assert (codec.sample_rate, codec.frame_rate, codec.frame_size, codec.codec_dim) == (
         24000,
         12.5,
         1920,
