@@ -29,7 +29,7 @@ import copy
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -46,26 +46,22 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 @dataclass(frozen=True)
-class BatteryConfig:
-    context: int = 8  # W
-    components: int = 8  # M
-    hidden: tuple[int, ...] = (1024, 1024)
-    horizons: tuple[int, ...] = (1, 2, 4, 8)
-    steps: int = 3000  # MDN training steps at most (early stopping on a held-out slice of train)
-    batch_size: int = 512
+class BatteryConfig(FitConfig):
+    """The battery's settings: the MDNs' training (FitConfig's fields: steps, batch_size, lr, weight_decay,
+    eval_every, patience, holdout_fraction, seed) and what it fits and scores."""
+
     # MDN_h's AdamW step size; None scales it with the width: 1e-3 up to 256 wide, 1e-3 x 256 / width
     # beyond (2.5e-4 at 1024, where 1e-3 overshoots and stops early ~0.02 nats/dim short: docs/science.md
     # §3). p0 (no MLP) keeps its own.
     lr: float | None = None
     p0_lr: float = 1e-3
-    weight_decay: float = 1e-4
-    eval_every: int = 100
-    patience: int = 5
-    holdout_fraction: float = 0.1
+    context: int = 8  # W
+    components: int = 8  # M
+    hidden: tuple[int, ...] = (1024, 1024)
+    horizons: tuple[int, ...] = (1, 2, 4, 8)
     feedback: str = "mean"
     injection_steps: int = 16
     max_positions: int = 20_000  # eval positions scored, evenly spaced; bounds the cost at paper scale
-    seed: int = 0
     device: str = "cpu"
 
     def __post_init__(self):
@@ -89,11 +85,9 @@ class BatteryConfig:
         return self.lr if self.lr is not None else 1e-3 * min(1.0, 256 / max(self.hidden, default=256))
 
     def fit_config(self) -> FitConfig:
-        return FitConfig(
-            steps=self.steps, batch_size=self.batch_size, lr=self.mdn_lr(), weight_decay=self.weight_decay,
-            eval_every=self.eval_every, patience=self.patience, holdout_fraction=self.holdout_fraction,
-            seed=self.seed,
-        )  # fmt: skip
+        """MDN_h's training settings (p0's: replace(..., lr=p0_lr))."""
+        shared = {f.name: getattr(self, f.name) for f in fields(FitConfig)}
+        return FitConfig(**{**shared, "lr": self.mdn_lr()})
 
 
 @dataclass
