@@ -1,6 +1,6 @@
 """Presets and the two halves of a trial's configuration.
 
-    preset = PRESETS["smoke"].with_overrides(steps=20)
+    preset = PRESETS["smoke"].with_overrides(steps_per_10k=20)
     params = TrialParams.from_config({"beta": 0.01, "dim": 32}, preset)   # what the space varies
     params.train_steps, params.vae_config(preset)
 
@@ -10,7 +10,7 @@ carries. Operational settings (`Preset`: batch, cadence of reports, checkpoints 
 sizes) say how a trial is run, not what it is.
 
 Step counts in spaces are paper-scale (10k, 50k): a preset says what 10k steps mean for it
-(`Preset.steps`), so the smoke preset runs the same spaces in seconds. `--steps N` sets that number.
+(`Preset.steps_per_10k`), so the smoke preset runs the same spaces in seconds. `--steps N` sets that number.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Preset:
     description: str
     codec: str  # "kyutai/mimi", a local folder, or "random:reduced" / "random:full"
     data: str | None  # None: the bundled speech corpus, written into the working folder
-    steps: int  # what a space's 10k steps are in this preset
+    steps_per_10k: int  # VAE steps this preset runs for a space's 10k (paper-scale) steps
     batch_size: int
     lr: float
     crop_seconds: float
@@ -40,17 +40,17 @@ class Preset:
     report_every: int  # steps between reports (train/* curves, the scheduler's metric)
     checkpoint_every: int
     battery_hidden: int  # MDN width of the final battery (docs/science.md §3: 1024)
-    battery_steps: int
+    battery_mdn_steps: int  # MDN training steps at most, final battery
     probe_hidden: int  # the cheap battery run at ASHA's rungs
-    probe_steps: int
+    probe_mdn_steps: int
     probe_utterances: int  # eval utterances the cheap battery scores
     recon_utterances: int
     audio_utterances: int
 
     def __post_init__(self):
-        positive = ("steps", "batch_size", "report_every", "checkpoint_every", "battery_hidden",
-                    "battery_steps", "probe_hidden", "probe_steps", "probe_utterances", "recon_utterances",
-                    "max_utterances", "num_samples")  # fmt: skip
+        positive = ("steps_per_10k", "batch_size", "report_every", "checkpoint_every", "battery_hidden",
+                    "battery_mdn_steps", "probe_hidden", "probe_mdn_steps", "probe_utterances",
+                    "recon_utterances", "max_utterances", "num_samples")  # fmt: skip
         bad = [f"{name}={getattr(self, name)}" for name in positive if getattr(self, name) < 1]
         if bad:
             raise ValueError(f"preset {self.name!r}: these must be >= 1: {', '.join(bad)}.")
@@ -62,7 +62,7 @@ class Preset:
     @property
     def probe_first(self) -> int:
         """The first rung: the step of the first cheap battery (ASHA's grace period)."""
-        return max(1, self.steps // 4)
+        return max(1, self.steps_per_10k // 4)
 
     def with_overrides(self, **changes) -> Preset:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -112,7 +112,7 @@ PRESETS = {
         description="reduced random-init Mimi, the bundled speech corpus, CPU; 4 trials in a few minutes",
         codec="random:reduced",
         data=None,
-        steps=40,
+        steps_per_10k=40,
         batch_size=2,
         lr=3e-4,
         crop_seconds=2.0,
@@ -122,9 +122,9 @@ PRESETS = {
         report_every=5,
         checkpoint_every=20,
         battery_hidden=128,
-        battery_steps=300,
+        battery_mdn_steps=300,
         probe_hidden=64,
-        probe_steps=100,
+        probe_mdn_steps=100,
         probe_utterances=4,
         recon_utterances=4,
         audio_utterances=1,
@@ -134,7 +134,7 @@ PRESETS = {
         description="plumbing and load checks: like smoke, seconds per trial, science meaningless",
         codec="random:reduced",
         data=None,
-        steps=4,
+        steps_per_10k=4,
         batch_size=1,
         lr=3e-4,
         crop_seconds=1.0,
@@ -144,9 +144,9 @@ PRESETS = {
         report_every=2,
         checkpoint_every=2,
         battery_hidden=16,
-        battery_steps=20,
+        battery_mdn_steps=20,
         probe_hidden=16,
-        probe_steps=10,
+        probe_mdn_steps=10,
         probe_utterances=2,
         recon_utterances=1,
         audio_utterances=1,
@@ -156,7 +156,7 @@ PRESETS = {
         description="pretrained kyutai/mimi, LibriSpeech from --data, 10k steps, batch 4 x 4 s, lr 1e-4",
         codec="kyutai/mimi",
         data=None,
-        steps=PAPER_STEPS,
+        steps_per_10k=PAPER_STEPS,
         batch_size=4,
         lr=1e-4,
         crop_seconds=4.0,
@@ -166,9 +166,9 @@ PRESETS = {
         report_every=50,
         checkpoint_every=1000,
         battery_hidden=1024,
-        battery_steps=3000,
+        battery_mdn_steps=3000,
         probe_hidden=256,
-        probe_steps=500,
+        probe_mdn_steps=500,
         probe_utterances=100,
         recon_utterances=32,
         audio_utterances=10,
@@ -196,7 +196,7 @@ class TrialParams:
             raise ValueError(f"unknown trial parameters {sorted(unknown)}; known: {sorted(known)}.")
         values = {"seed": seed, **config}
         steps = int(values.get("steps", PAPER_STEPS))
-        train_steps = max(1, math.ceil(steps * preset.steps / PAPER_STEPS))
+        train_steps = max(1, math.ceil(steps * preset.steps_per_10k / PAPER_STEPS))
         return cls(**{**values, "dim": int(values.get("dim", 32)), "steps": steps}, train_steps=train_steps)
 
     def vae_config(self, preset: Preset) -> VAEConfig:

@@ -29,6 +29,10 @@ TRIAL_GPU_MEMORY_GIB = 4  # a paper trial: peak 1.1-1.3 GiB allocated (sweep.ben
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")  # never a path: no '/', no leading '.'
 
 
+# Preset fields under their older names, in plans saved before the names said which steps they count.
+_RENAMED = {"steps": "steps_per_10k", "battery_steps": "battery_mdn_steps", "probe_steps": "probe_mdn_steps"}
+
+
 @dataclass
 class SweepPlan:
     """Everything a sweep is; saved beside Tune's state so that --resume runs the same sweep."""
@@ -129,7 +133,7 @@ class SweepPlan:
     @classmethod
     def load(cls, path: str) -> SweepPlan:
         values = json.loads(storage.read_text(path))
-        values["preset"] = Preset(**values["preset"])
+        values["preset"] = Preset(**{_RENAMED.get(k, k): v for k, v in values["preset"].items()})
         return cls(**values)
 
 
@@ -147,7 +151,7 @@ def make_plan(args: argparse.Namespace, workdir: Path) -> SweepPlan:
         raise UsageError(f"unknown preset {preset_name!r}; choose one of: {', '.join(PRESETS)}.")
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}.")
-    preset = PRESETS[preset_name].with_overrides(steps=args.steps, scheduler=args.scheduler)
+    preset = PRESETS[preset_name].with_overrides(steps_per_10k=args.steps, scheduler=args.scheduler)
     fixed = _parse_sets(args.set, space)
     search = args.search or ("optuna" if spaces.space_params(space) else "grid")
     if search == "optuna" and not spaces.space_params(space):
@@ -364,7 +368,7 @@ def _resumed_plan(args, workdir: Path) -> SweepPlan:
             ("--space", args.space, plan.space),
             ("--search", args.search, plan.search),
             ("--preset", args.preset, plan.preset.name),
-            ("--steps", args.steps, plan.preset.steps),
+            ("--steps", args.steps, plan.preset.steps_per_10k),
         )
         if given is not None and given != saved
     }

@@ -68,7 +68,7 @@ def param_space(plan: SweepPlan) -> dict:
         "search": plan.search,
         "preset": plan.preset.name,
         "num_samples": plan.num_samples,
-        "steps_per_10k": plan.preset.steps,
+        "steps_per_10k": plan.preset.steps_per_10k,
         "scheduler": plan.scheduler,
         "seed": plan.seed,
         "codec": plan.codec,

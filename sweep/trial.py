@@ -314,7 +314,7 @@ def _probe(trial: Trial, context: TrialContext) -> dict:
     train_ids = context.train_ids[: 8 * n_eval]
     eval_ids = context.eval_ids[:n_eval]
     config = BatteryConfig(
-        hidden=(preset.probe_hidden,) * 2, steps=preset.probe_steps, horizons=PROBE_HORIZONS,
+        hidden=(preset.probe_hidden,) * 2, steps=preset.probe_mdn_steps, horizons=PROBE_HORIZONS,
         injection_steps=4, seed=params.seed, device=str(device),
     )  # fmt: skip
     battery = run_battery(
@@ -329,7 +329,7 @@ def _evaluate(trial: Trial, context: TrialContext, folder: Path) -> TrialEvaluat
     preset, cache, params, device = context.preset, trial.cache, trial.params, trial.device
     eval_ids = list(context.eval_ids)
     config = EvalConfig.sized(
-        preset.battery_hidden, preset.battery_steps, params.seed, device,
+        preset.battery_hidden, preset.battery_mdn_steps, params.seed, device,
         recon_utterances=preset.recon_utterances, audio_utterances=preset.audio_utterances,
     )  # fmt: skip
     return evaluate_vae(

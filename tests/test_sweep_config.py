@@ -51,7 +51,7 @@ def test_spaces_have_the_documented_domains():
 
 
 def test_preset_scales_paper_steps():
-    smoke = PRESETS["smoke"].with_overrides(steps=8)
+    smoke = PRESETS["smoke"].with_overrides(steps_per_10k=8)
     assert TrialParams.from_config({"steps": 10_000}, smoke).train_steps == 8
     assert TrialParams.from_config({"steps": 50_000}, smoke).train_steps == 40
     paper = TrialParams.from_config({"beta": 0.1, "dim": 64}, PRESETS["paper"])
