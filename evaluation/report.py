@@ -11,21 +11,28 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import numpy as np
 import pandas as pd
 
 GATE_HORIZON = 4
 
 
-def _fmt(value) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "NO"
-    if isinstance(value, float):
-        return f"{value:.3f}" if math.isfinite(value) else str(value)
-    return str(value)
+def markdown_table(frame: pd.DataFrame, no: str = "no") -> str:
+    """The one table renderer of reports and summaries: floats to 3 decimals (inf / nan as they are),
+    booleans as yes / `no` (the battery's tables say NO, a failed check being the news there)."""
+
+    def cell(value) -> str:
+        if isinstance(value, bool | np.bool_):
+            return "yes" if value else no
+        if isinstance(value, float | np.floating):
+            return f"{value:.3f}" if math.isfinite(value) else str(value)
+        return str(value)
+
+    return frame.map(cell).to_markdown(index=False, disable_numparse=True)
 
 
 def _markdown(frame: pd.DataFrame) -> str:
-    return frame.map(_fmt).to_markdown(index=False, disable_numparse=True)
+    return markdown_table(frame, no="NO")
 
 
 def rollout_markdown(table: pd.DataFrame) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evaluation.report import decision_gate, metrics_report
+from evaluation.report import decision_gate, markdown_table, metrics_report
 from sweep.artifacts import plot_pareto, plot_rollout_vs_horizon
 from sweep.config import Preset, TrialParams, trial_number, trial_seed
 from sweep.objective import (
@@ -212,7 +212,7 @@ def _trials_table(ran: pd.DataFrame, reference: dict | None) -> str:
         codec = dict.fromkeys(SUMMARY_COLUMNS, "")
         codec.update(trial="codec", label="codec only, no bottleneck", status="reference", **reference)
         rows = pd.concat([pd.DataFrame([codec], columns=SUMMARY_COLUMNS), rows.astype(object)])
-    return _fmt_table(rows) if len(rows) else "(no trial ran to its end)"
+    return markdown_table(rows) if len(rows) else "(no trial ran to its end)"
 
 
 def plumbing_note(codec: str) -> str:
@@ -259,7 +259,7 @@ def _stopped_table(frame: pd.DataFrame) -> str:
     stopped = frame[frame["status"] == STOPPED]
     if stopped.empty:
         return ""
-    return _fmt_table(stopped[list(STOPPED_COLUMNS)].rename(columns=STOPPED_COLUMNS))
+    return markdown_table(stopped[list(STOPPED_COLUMNS)].rename(columns=STOPPED_COLUMNS))
 
 
 def _repeats_table(frame: pd.DataFrame) -> str:
@@ -273,7 +273,7 @@ def _repeats_table(frame: pd.DataFrame) -> str:
             values = group[metric].astype(float)
             row[metric] = f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
         rows.append(row)
-    return _fmt_table(pd.DataFrame(rows)) if rows else ""
+    return markdown_table(pd.DataFrame(rows)) if rows else ""
 
 
 def importances(study) -> dict | str:
@@ -323,17 +323,6 @@ def log_summary(tracking: SweepTracking, frame: pd.DataFrame, summary: Summary, 
     client.set_tag(tracking.parent_run_id, "sweep.verdict", summary.verdict[:5000])
     client.set_tag(tracking.parent_run_id, "sweep.trials", str(len(frame)))
     return files
-
-
-def _fmt_table(frame: pd.DataFrame) -> str:
-    def fmt(value):
-        if isinstance(value, bool | np.bool_):
-            return "yes" if value else "no"
-        if isinstance(value, float | np.floating):
-            return f"{value:.3f}" if math.isfinite(value) else str(value)
-        return str(value)
-
-    return frame.map(fmt).to_markdown(index=False, disable_numparse=True)
 
 
 def _write(path: Path, text: str) -> Path:
