@@ -100,11 +100,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     what.add_argument(
         "--recon-margin",
         type=float,
-        default=RECON_MARGIN,
         metavar="X",
         help="the reconstruction constraint: a trial is feasible when its recon/mel is at most X times the "
         "codec's own (encode -> decode without a bottleneck, measured on the same eval utterances at the "
-        "start of the sweep; default %(default)g)",
+        f"start of the sweep; default {RECON_MARGIN:g})",
     )
     what.add_argument(
         "--max-recon-mel",

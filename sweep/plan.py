@@ -183,7 +183,9 @@ def make_plan(args: argparse.Namespace, workdir: Path) -> SweepPlan:
         cpus_per_trial=_check_cpus(args.cpus_per_trial),
         gpus_per_trial=_gpus_per_trial(args.gpus_per_trial, args),
         keep_checkpoints=_check_keep(args.keep_checkpoints),
-        recon_margin=_positive("--recon-margin", args.recon_margin),
+        recon_margin=RECON_MARGIN
+        if args.recon_margin is None
+        else _positive("--recon-margin", args.recon_margin),
         max_recon_mel=None
         if args.max_recon_mel is None
         else _positive("--max-recon-mel", args.max_recon_mel),
@@ -369,6 +371,8 @@ def _resumed_plan(args, workdir: Path) -> SweepPlan:
             ("--search", args.search, plan.search),
             ("--preset", args.preset, plan.preset.name),
             ("--steps", args.steps, plan.preset.steps_per_10k),
+            ("--recon-margin", args.recon_margin, plan.recon_margin),
+            ("--max-recon-mel", args.max_recon_mel, plan.max_recon_mel),
         )
         if given is not None and given != saved
     }
@@ -378,7 +382,7 @@ def _resumed_plan(args, workdir: Path) -> SweepPlan:
         )
         raise UsageError(
             f"--resume {name} cannot change what the sweep is: {what}. Tune restores the original search "
-            "space (ray PR #34982); start a new experiment for a new space."
+            "space (ray PR #34982) and the sweep keeps its constraint; start a new experiment for either."
         )
     return plan
 

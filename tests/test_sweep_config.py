@@ -251,3 +251,15 @@ def test_resource_arithmetic(tmp_path):
     text = describe(plan, cpus=16, gpus=0)
     assert "32 trials of the exact grid" in text and "8 trials at a time, 4 waves" in text
     assert "longest trial 50" in text
+
+
+def test_resume_refuses_a_new_constraint(tmp_path):
+    """--resume runs the saved sweep: its space, search, preset, steps and reconstruction constraint."""
+    storage = str(tmp_path / "results")
+    plan = make_plan(parse_args(["--space", "beta_dim", "--experiment", "x", "--storage", storage]), tmp_path)
+    plan.save()
+    resumed = make_plan(parse_args(["--resume", "x", "--storage", storage]), tmp_path)
+    assert (resumed.recon_margin, resumed.max_recon_mel) == (1.5, None)
+    for flag, value, saved in (("--recon-margin", "2", "1.5"), ("--max-recon-mel", "4", "None")):
+        with pytest.raises(UsageError, match=f"{flag} {float(value)} \\(the sweep has {saved}\\)"):
+            make_plan(parse_args(["--resume", "x", "--storage", storage, flag, value]), tmp_path)
