@@ -46,7 +46,8 @@ from sweep.tracking import (
     open_sweep_tracking,
     reopen_sweep_tracking,
 )
-from sweep.trial import TrialContext, train_trial
+from sweep.trainable import train_trial
+from sweep.trial import TrialContext
 
 log = logging.getLogger(__name__)
 

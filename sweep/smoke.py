@@ -13,22 +13,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from evaluation.trial import EvalConfig, evaluate_vae
-from models.codec import CodecSpec, MimiCodec
+from models.codec import CodecSpec
 from models.runtime import pick_device
 from models.training import VAETrainer, save_checkpoint
-from models.vae import BetaVAE, VAEConfig
-from sweep.config import TrialParams
+from models.vae import VAEConfig
+from sweep.config import PRESETS, TrialParams, trial_name
 from sweep.data import DataError
 from sweep.errors import report_usage_error
 from sweep.features import CropSampler, prepare_data
+from sweep.trial import Diverged, TrialContext, build_trial, evaluate, load_codec, train
 
 log = logging.getLogger("sweep.smoke")
 
@@ -65,56 +64,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict:
-    torch.manual_seed(args.seed)
-    vae_config = VAEConfig(latent_dim=args.dim, beta=args.beta, lr=args.lr)  # validates before any compute
+    """One trial as the sweep runs it (sweep/trial.py's pieces), without Ray, Optuna or MLflow."""
+    VAEConfig(latent_dim=args.dim, beta=args.beta, lr=args.lr)  # validates before any compute
     spec = CodecSpec.parse(args.codec)
     device = pick_device(args.device)
-    codec = MimiCodec.from_spec(spec)
+    codec = load_codec(args.codec)
     started = time.perf_counter()
     prepared = prepare_data(
         args.data, codec, args.cache, min_seconds=args.crop_seconds, seed=args.seed, device=device,
         write_bundled=True,
     )  # fmt: skip
-    cache = prepared.cache
     cache_s = time.perf_counter() - started
-
+    preset = PRESETS["smoke"].with_overrides(
+        steps_per_10k=args.steps, batch_size=args.batch_size, lr=args.lr, crop_seconds=args.crop_seconds,
+        battery_hidden=args.battery_hidden, battery_mdn_steps=args.battery_steps,
+        audio_utterances=args.audio_utterances,
+    )  # fmt: skip
+    context = TrialContext(
+        preset=preset, cache_dir=str(prepared.cache.directory.resolve()),
+        train_ids=tuple(prepared.train_ids), eval_ids=tuple(prepared.eval_ids), codec=args.codec,
+        device=str(device), threads=torch.get_num_threads(), seed=args.seed, varied=("beta", "dim"),
+        probes=False,
+    )  # fmt: skip
+    trial = build_trial({"beta": args.beta, "dim": args.dim}, context, trial_name(0))
     crop_frames = round(args.crop_seconds * codec.frame_rate)
-    train = CropSampler(cache, prepared.train_ids, crop_frames, args.batch_size, seed=args.seed)
-    held_out = CropSampler(cache, prepared.eval_ids, crop_frames, args.batch_size, seed=args.seed + 1)
-    trainer = VAETrainer(BetaVAE(vae_config, codec.decoder), device)
-
+    held_out = CropSampler(trial.cache, prepared.eval_ids, crop_frames, args.batch_size, seed=args.seed + 1)
     eval_batch = held_out.batch(0)
-    before = _eval_recon(trainer, eval_batch)
+    before = _eval_recon(trial.trainer, eval_batch)
     started = time.perf_counter()
-    for step in range(args.steps):
-        metrics = trainer.train_step(train.batch(step))
-        if step % 10 == 0 or step == args.steps - 1:
-            log.info("step %4d  %s", step, "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-        if not math.isfinite(metrics["train/loss"]):
-            raise RuntimeError(f"training diverged at step {step}: {metrics}")
+    try:
+        for interval in train(trial, preset):
+            curves = "  ".join(f"{k}={v:.4g}" for k, v in interval.curves.items())
+            log.info("step %4d  %s", interval.step, curves)
+    except Diverged as diverged:
+        raise RuntimeError(str(diverged)) from None
     step_s = (time.perf_counter() - started) / args.steps
-    after = _eval_recon(trainer, eval_batch)
+    after = _eval_recon(trial.trainer, eval_batch)
     checkpoint = save_checkpoint(
-        trainer, Path(args.out) / "checkpoint", {"codec": spec.describe(), "seed": args.seed}
+        trial.trainer, Path(args.out) / "checkpoint", {"codec": spec.describe(), "seed": trial.params.seed}
     )
-    eval_ids = prepared.eval_ids
-    evaluation = evaluate_vae(
-        trainer.vae,
-        [cache.latents(i) for i in prepared.train_ids],
-        [cache.latents(i) for i in eval_ids],
-        [cache.audio(i) for i in eval_ids],
-        [cache.utterances[i].utterance_id for i in eval_ids],
-        EvalConfig.sized(
-            args.battery_hidden, args.battery_steps, args.seed, device, audio_utterances=args.audio_utterances
-        ),
-        audio_dir=Path(args.out) / "audio",
-        device=device,
-        title=f"beta={args.beta} dim={args.dim}, {args.steps} steps",
-    )
+    evaluation = evaluate(trial, context, Path(args.out))
     return {
-        "utterances": len(cache),
-        "train_utterances": len(train.ids),
-        "eval_utterances": len(held_out.ids),
+        "utterances": len(trial.cache),
+        "train_utterances": len(prepared.train_ids),
+        "eval_utterances": len(prepared.eval_ids),
         "cache_seconds": cache_s,
         "seconds_per_step": step_s,
         "eval_recon_before": before,

@@ -1,33 +1,21 @@
-"""The Ray Tune trainable: one beta-VAE trial, thin around `VAETrainer.train_step`.
+"""One beta-VAE trial, in pieces that need no Ray: build it, train it, probe it, evaluate it.
 
-    tuner = tune.Tuner(tune.with_parameters(train_trial, context=context), param_space=space, ...)
+    trial = build_trial(config, context, "t007", checkpoint=None)   # seed, VAE, crops; restored if given
+    for interval in train(trial, context.preset):                    # yields at report points
+        if interval.rung: trial.latest = probe(trial, context)       # ASHA's cheap battery
+    evaluation = evaluate(trial, context, folder)                    # battery, recon, rollout WAVs
 
-A trial builds from its config (its seed from the sweep's seed and its number, `t007`), restores
-from `tune.get_checkpoint()` when Tune retries or resumes it, trains on the shared feature cache
-(built once by the driver), and reports every `report_every` steps: `train/*` means over the
-interval, the step (ASHA's clock) and the scheduler's metric. At ASHA's rungs it runs a cheap
-battery (a subset of eval, small MDNs, h in {1, 4}) and reports it under `probe/`, so the scheduler
-decides on `probe/objective/rollout_k4`; until the first rung every report carries the surrogate
-(`probe/measured` = 0 says so). Checkpoints (weights + AdamW state, resumable) come every
-`checkpoint_every` steps and at rungs; Tune keeps the latest. At the end: the full battery,
-reconstruction metrics, rollout WAVs, written into the trial's folder in Tune's storage
-(`evaluation/`), logged to the trial's MLflow child run, and reported with the trained weights alone
-as the final checkpoint.
-
-A loss that turns non-finite ends the trial cleanly as `diverged`: its last finite curves and the
-non-finite value are recorded, the searcher gets the surrogate, the sweep goes on.
+sweep/trainable.py runs these in a Ray worker and reports to Tune and MLflow; sweep/smoke.py runs
+them alone. A loss that turns non-finite raises Diverged at the next report point.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
-import gc
 import json
 import logging
 import math
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -35,10 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.fs as pafs
-import ray
 import torch
-from ray import tune
 
 from evaluation.diagnostics import BatteryConfig, run_battery
 from evaluation.trial import EvalConfig, TrialEvaluation, evaluate_vae
@@ -46,25 +31,15 @@ from models.codec import CodecSpec, MimiCodec
 from models.runtime import pick_device
 from models.training import StepSettings, VAETrainer, load_checkpoint, save_checkpoint
 from models.vae import BetaVAE, posterior_means
-from sweep.artifacts import log_trial_evaluation, write_trial_files
 from sweep.config import Preset, TrialParams, rung_steps, trial_number, trial_seed
 from sweep.features import CropSampler, FeatureCache
 from sweep.objective import (
     CHECKPOINT_MODEL,
     CHECKPOINT_PROBE,
-    COMPLETED,
-    DIVERGED,
-    NODE_ID,
-    PROBE,
-    STATUS,
-    TIME_ATTR,
-    WALL,
-    objective_values,
-    pending,
     probe_values,
     unmeasured,
 )
-from sweep.tracking import SweepTracking, TrialRun
+from sweep.tracking import SweepTracking
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +110,7 @@ def build_trial(config: dict, context: TrialContext, name: str, checkpoint: Path
     torch.set_num_threads(max(1, context.threads))
     device = pick_device(context.device)
     cache = FeatureCache(context.cache_dir, verify=False)
-    codec = _codec(context.codec)
+    codec = load_codec(context.codec)
     decoder = copy.deepcopy(codec.decoder)  # trained by this trial only; the cached codec stays pristine
     settings = StepSettings(
         compile=context.step.compile, fused_optimizer=context.step.fused_optimizer and device.type == "cuda"
@@ -151,10 +126,10 @@ def build_trial(config: dict, context: TrialContext, name: str, checkpoint: Path
     return Trial(params, device, trainer, cache, sampler, rungs, latest)
 
 
-def train(trial: Trial, preset: Preset, clock: _Clock | None = None) -> Iterator[Interval]:
+def train(trial: Trial, preset: Preset, clock: Clock | None = None) -> Iterator[Interval]:
     """Train to the trial's last step, yielding at each report point (every report_every steps, at
     rungs, at the end); raises Diverged at the report point after a non-finite loss."""
-    clock = clock or _Clock()
+    clock = clock or Clock()
     trainer, steps = trial.trainer, trial.params.train_steps
     window = _Window(trainer.metric_names, trainer.step)
     while trainer.step < steps:
@@ -171,103 +146,10 @@ def train(trial: Trial, preset: Preset, clock: _Clock | None = None) -> Iterator
         yield Interval(step, curves, rung and not last, checkpoint, last)
 
 
-def train_trial(config: dict, context: TrialContext) -> None:
-    """The Tune trainable: build, train (reports, probes at rungs, checkpoints), evaluate, report."""
-    entered = time.perf_counter()
-    name = tune.get_context().get_trial_name()
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # "Checkpoint successfully created at" lines
-    resume = tune.get_checkpoint()
-    with resume.as_directory() if resume else contextlib.nullcontext() as folder:
-        trial = build_trial(config, context, name, Path(folder) if folder else None)
-    run = _child_run(context, trial.params, name)
-    node = {NODE_ID: ray.get_runtime_context().get_node_id()}  # which Ray node ran it (a retry may move it)
-    if run:
-        run.set_tags({"ray.node_id": node[NODE_ID]})
-    clock = _Clock()
-    clock.totals["setup"] = time.perf_counter() - entered  # codec, VAE, MLflow run, restore; not Ray's part
-    curves = {}
-    try:
-        for interval in train(trial, context.preset, clock):
-            curves = interval.curves
-            if interval.last:
-                break
-            logged = curves
-            if interval.rung:  # probe values go to MLflow under probe/ only, at their rung
-                trial.latest = clock.timed("probe", _probe, trial, context)
-                logged = {**curves, **trial.latest}
-            if run:
-                clock.timed("logging", run.log_metrics, logged, interval.step)
-            metrics = {TIME_ATTR: interval.step, **curves, **pending(), **trial.latest, **node,
-                       WALL: time.time(), **clock.seconds()}  # fmt: skip
-            keep = trial.trainer if interval.checkpoint else None
-            clock.timed("checkpoint", _report, metrics, keep, trial.latest)
-    except Diverged as diverged:
-        return _end_diverged(diverged, run, trial.latest)
-    with tempfile.TemporaryDirectory() as scratch:
-        final = _finish(trial, context, run, {**curves, **trial.latest, **node}, clock, Path(scratch))
-        # GPU memory goes back before the last report: when Tune ends this worker right after it
-        # (ASHA's max_t, the sweep's end), a training thread still holding CUDA tensors aborts the
-        # process on its way out ("Fatal Python error: Aborted" in THPVariable_clear, seen on an H100).
-        del trial
-        _release_device_memory()
-        checkpoint = tune.Checkpoint.from_directory(Path(scratch) / "checkpoint")
-        tune.report({**final, **clock.seconds()}, checkpoint=checkpoint)
-
-
-def _finish(trial: Trial, context: TrialContext, run, reported: dict, clock: _Clock, scratch: Path) -> dict:
-    """The final battery, recon metrics and WAVs; the trial's files into its folder in Tune's storage
-    and MLflow; the final checkpoint (scratch/checkpoint: the trained weights, without the optimizer
-    state unless asked: training is over). Returns the final result."""
-    trainer, device, params = trial.trainer, trial.device, trial.params
-    folder = scratch / EVALUATION_FOLDER
-    evaluation = clock.timed("evaluation", _evaluate, trial, context, folder)
-    values = objective_values(evaluation.metrics, params.dim, context.max_recon_mel)
-    final = {**reported, TIME_ATTR: trainer.step, **evaluation.metrics, **values, WALL: time.time()}
-    final.update({f"time/evaluation/{part}": seconds for part, seconds in evaluation.seconds.items()})
-    if device.type == "cuda":  # what fractional GPUs do not limit (ray#5902): sweep.bench reads it
-        final["gpu/peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    final[STATUS] = COMPLETED
-    files = write_trial_files(evaluation, folder)
-    clock.timed("checkpoint", persist_trial_folder, folder)
-    if run:
-        clock.timed("logging", _log_final, run, final, evaluation, files, trainer.step)
-    _write_checkpoint(scratch / "checkpoint", trainer, trial.latest, optimizer=context.keep_optimizer)
-    return final
-
-
-def persist_trial_folder(folder: Path) -> str:
-    """Copy `folder` into this trial's folder in Tune's storage (local, shared or s3://), as Tune copies
-    checkpoints. Ray's own trial directory (`get_trial_dir()`) is not that: a trial on a reused worker
-    or on another node gets a local staging folder that is never synced, so files written there were
-    lost after the first wave. Returns where they went."""
-    storage = tune.get_context().get_storage()
-    target = f"{storage.trial_fs_path}/{folder.name}"
-    storage.storage_filesystem.create_dir(target)
-    pafs.copy_files(str(folder), target, destination_filesystem=storage.storage_filesystem)
-    return target
-
-
 @functools.lru_cache(maxsize=2)
-def _codec(spec: str) -> MimiCodec:
+def load_codec(spec: str) -> MimiCodec:
     """One codec per worker process (CPU trials share workers: reuse_actors)."""
     return MimiCodec.from_spec(CodecSpec.parse(spec))
-
-
-def _child_run(context: TrialContext, params: TrialParams, name: str) -> TrialRun | None:
-    if context.tracking is None:
-        return None
-    trial = tune.get_context()
-    try:
-        return TrialRun.find_or_create(
-            context.tracking,
-            trial_id=trial.get_trial_id(),
-            name=f"{name} {params.label(context.varied)}",
-            params={**params.to_dict(), **{f"preset.{k}": v for k, v in context.preset.to_dict().items()}},
-            tags={"sweep.trial_name": name, "seed": str(params.seed)},
-        )
-    except Exception as err:  # MLflow away: train anyway; `python -m sweep.sync` sends the results later
-        log.warning("MLflow unreachable (%s): trial %s runs without it", err, trial.get_trial_id())
-        return None
 
 
 def restore(trainer: VAETrainer, folder: Path, train_steps: int) -> dict:
@@ -284,29 +166,15 @@ def restore(trainer: VAETrainer, folder: Path, train_steps: int) -> dict:
     return json.loads((folder / CHECKPOINT_PROBE).read_text())
 
 
-def _report(metrics: dict, trainer: VAETrainer | None, probe: dict) -> None:
-    if trainer is None:
-        tune.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        tune.report(metrics, checkpoint=_write_checkpoint(Path(folder), trainer, probe))
-
-
-def _write_checkpoint(
-    folder: Path, trainer: VAETrainer, probe: dict, optimizer: bool = True
-) -> tune.Checkpoint:
+def write_checkpoint(folder: Path, trainer: VAETrainer, probe: dict, optimizer: bool = True) -> Path:
+    """A trial's checkpoint folder: the VAE (models.training's files; AdamW's state unless `optimizer` is
+    False) and the latest probe values, which a restored trial reports until its next rung."""
     save_checkpoint(trainer, folder / CHECKPOINT_MODEL, optimizer=optimizer)
     (folder / CHECKPOINT_PROBE).write_text(json.dumps(probe))
-    return tune.Checkpoint.from_directory(folder)
+    return folder
 
 
-def _release_device_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _probe(trial: Trial, context: TrialContext) -> dict:
+def probe(trial: Trial, context: TrialContext) -> dict:
     """The cheap battery at an ASHA rung: small MDNs on a subset; its k=4 rollout is the rung's metric.
     Every value it returns is named under probe/."""
     preset, cache, params, device = context.preset, trial.cache, trial.params, trial.device
@@ -325,7 +193,7 @@ def _probe(trial: Trial, context: TrialContext) -> dict:
     return probe_values(battery.metrics, params.dim)
 
 
-def _evaluate(trial: Trial, context: TrialContext, folder: Path) -> TrialEvaluation:
+def evaluate(trial: Trial, context: TrialContext, folder: Path) -> TrialEvaluation:
     preset, cache, params, device = context.preset, trial.cache, trial.params, trial.device
     eval_ids = list(context.eval_ids)
     config = EvalConfig.sized(
@@ -343,24 +211,6 @@ def _evaluate(trial: Trial, context: TrialContext, folder: Path) -> TrialEvaluat
         device=device,
         title=params.label(context.varied),
     )
-
-
-def _log_final(run: TrialRun, final: dict, evaluation: TrialEvaluation, files: dict, step: int) -> None:
-    run.log_metrics({k: v for k, v in final.items() if not k.startswith(PROBE) and k != WALL}, step)
-    log_trial_evaluation(run, evaluation, files)
-    run.set_tags({"rollout/horizon": str(int(final["rollout/horizon"]))})
-
-
-def _end_diverged(diverged: Diverged, run: TrialRun | None, latest: dict) -> None:
-    """Report the divergence honestly and end the trial; the searcher sees the surrogate."""
-    step, loss = diverged.step, diverged.values["train/loss"]
-    log.warning("%s", diverged)
-    final = {**latest, **diverged.last_finite, **objective_values({}, 1, 0.0), TIME_ATTR: step,
-             STATUS: DIVERGED, "diverged/step": step, "diverged/loss": loss}  # fmt: skip
-    if run:
-        run.log_metrics({k: v for k, v in final.items() if not k.startswith(PROBE)}, step)
-        run.set_tags({"sweep.diverged_step": str(step)})
-    tune.report(final)
 
 
 class _Window:
@@ -391,7 +241,7 @@ class _Window:
         return {name: float(v) for name, v in zip(self.names, values.mean(axis=0), strict=True)}
 
 
-class _Clock:
+class Clock:
     """Wall seconds per phase (setup, train, probe, evaluation, logging, checkpoint), reported as
     time/<phase>."""
 

@@ -9,13 +9,17 @@ PACKAGES = ("sweep", "models", "evaluation")
 MAX_LINES = 420  # "no module over ~400 lines"
 
 
-def import_graph() -> dict[str, set[str]]:
-    """module -> the project modules it imports (at the top or inside a function)."""
-    modules = {
+def project_modules() -> dict[str, Path]:
+    return {
         ".".join(f.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): f
         for package in PACKAGES
         for f in (ROOT / package).rglob("*.py")
     }
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports (at the top or inside a function)."""
+    modules = project_modules()
     graph = {}
     for name, path in modules.items():
         out = set()
@@ -48,9 +52,20 @@ def test_no_import_circles_and_dependencies_run_one_way():
     assert upward == []
 
 
-def test_only_the_driver_imports_the_trial():
+def test_only_the_driver_imports_the_trainable():
     graph = import_graph()
-    assert [name for name, deps in graph.items() if "sweep.trial" in deps] == ["sweep.driver"]
+    assert [name for name, deps in graph.items() if "sweep.trainable" in deps] == ["sweep.driver"]
+
+
+def test_a_trials_pieces_need_no_ray():
+    """sweep/trial.py runs one trial anywhere (sweep.smoke, tests); Ray's part is sweep/trainable.py."""
+    graph, seen, todo = import_graph(), set(), ["sweep.trial"]
+    while todo:
+        name = todo.pop()
+        seen.add(name)
+        todo += [d for d in graph[name] if d not in seen]
+    files, uses_ray = project_modules(), re.compile(r"^\s*(import ray|from ray)", re.M)
+    assert [m for m in sorted(seen) if uses_ray.search(files[m].read_text())] == []
 
 
 def test_no_module_is_over_about_400_lines():

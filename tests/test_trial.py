@@ -10,7 +10,7 @@ from models.codec import MimiCodec
 from models.training import VAETrainer
 from models.vae import BetaVAE, VAEConfig
 from sweep.config import PRESETS, TrialParams
-from sweep.trial import Diverged, Trial, _write_checkpoint, restore, train
+from sweep.trial import Diverged, Trial, restore, train, write_checkpoint
 
 PRESET = PRESETS["smoke"]  # 40 steps, a report every 5, a checkpoint every 20
 NAMES = ("train/loss", "train/kl")
@@ -87,7 +87,7 @@ def test_a_trial_resumes_weights_step_and_probe_values_from_its_checkpoint(codec
         for p in saved.vae.parameters():
             p.add_(0.01)
     probe = {"probe/objective/rollout_k4": -0.25, "probe/measured": 1.0}
-    _write_checkpoint(tmp_path, saved, probe)
+    write_checkpoint(tmp_path, saved, probe)
     fresh = tiny_trainer(codec)
     assert restore(fresh, tmp_path, train_steps=40) == probe
     assert fresh.step == 20
@@ -96,7 +96,7 @@ def test_a_trial_resumes_weights_step_and_probe_values_from_its_checkpoint(codec
 
 
 def test_a_weights_only_checkpoint_cannot_continue_training(codec, tmp_path):
-    _write_checkpoint(tmp_path, tiny_trainer(codec, step=20), {}, optimizer=False)
+    write_checkpoint(tmp_path, tiny_trainer(codec, step=20), {}, optimizer=False)
     with pytest.raises(RuntimeError, match="no optimizer state"):
         restore(tiny_trainer(codec), tmp_path, train_steps=40)
     assert restore(tiny_trainer(codec), tmp_path, train_steps=20) == {}  # finished: evaluates again

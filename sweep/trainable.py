@@ -1,0 +1,190 @@
+"""The Ray Tune trainable: one trial (sweep/trial.py's pieces) in a Ray worker, reporting to Tune.
+
+    tuner = tune.Tuner(tune.with_parameters(train_trial, context=context), param_space=space, ...)
+
+A trial builds from its config (its seed from the sweep's seed and its number, `t007`), restores
+from `tune.get_checkpoint()` when Tune retries or resumes it, trains on the shared feature cache
+(built once by the driver), and reports every `report_every` steps: `train/*` means over the
+interval, the step (ASHA's clock) and the scheduler's metric. At ASHA's rungs it runs a cheap
+battery (a subset of eval, small MDNs, h in {1, 4}) and reports it under `probe/`, so the scheduler
+decides on `probe/objective/rollout_k4`; until the first rung every report carries the surrogate
+(`probe/measured` = 0 says so). Checkpoints (weights + AdamW state, resumable) come every
+`checkpoint_every` steps and at rungs; Tune keeps the latest. At the end: the full battery,
+reconstruction metrics, rollout WAVs, written into the trial's folder in Tune's storage
+(`evaluation/`), logged to the trial's MLflow child run, and reported with the trained weights alone
+as the final checkpoint.
+
+A loss that turns non-finite ends the trial cleanly as `diverged`: its last finite curves and the
+non-finite value are recorded, the searcher gets the surrogate, the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import ray
+import torch
+from ray import tune
+
+from evaluation.trial import TrialEvaluation
+from models.training import VAETrainer
+from sweep.artifacts import log_trial_evaluation, write_trial_files
+from sweep.config import TrialParams
+from sweep.objective import (
+    COMPLETED,
+    DIVERGED,
+    NODE_ID,
+    PROBE,
+    STATUS,
+    TIME_ATTR,
+    WALL,
+    objective_values,
+    pending,
+)
+from sweep.tracking import TrialRun
+from sweep.trial import (
+    EVALUATION_FOLDER,
+    Clock,
+    Diverged,
+    Trial,
+    TrialContext,
+    build_trial,
+    evaluate,
+    probe,
+    train,
+    write_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+
+def train_trial(config: dict, context: TrialContext) -> None:
+    """The Tune trainable: build, train (reports, probes at rungs, checkpoints), evaluate, report."""
+    entered = time.perf_counter()
+    name = tune.get_context().get_trial_name()
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # "Checkpoint successfully created at" lines
+    resume = tune.get_checkpoint()
+    with resume.as_directory() if resume else contextlib.nullcontext() as folder:
+        trial = build_trial(config, context, name, Path(folder) if folder else None)
+    run = _child_run(context, trial.params, name)
+    node = {NODE_ID: ray.get_runtime_context().get_node_id()}  # which Ray node ran it (a retry may move it)
+    if run:
+        run.set_tags({"ray.node_id": node[NODE_ID]})
+    clock = Clock()
+    clock.totals["setup"] = time.perf_counter() - entered  # codec, VAE, MLflow run, restore; not Ray's part
+    curves = {}
+    try:
+        for interval in train(trial, context.preset, clock):
+            curves = interval.curves
+            if interval.last:
+                break
+            logged = curves
+            if interval.rung:  # probe values go to MLflow under probe/ only, at their rung
+                trial.latest = clock.timed("probe", probe, trial, context)
+                logged = {**curves, **trial.latest}
+            if run:
+                clock.timed("logging", run.log_metrics, logged, interval.step)
+            metrics = {TIME_ATTR: interval.step, **curves, **pending(), **trial.latest, **node,
+                       WALL: time.time(), **clock.seconds()}  # fmt: skip
+            keep = trial.trainer if interval.checkpoint else None
+            clock.timed("checkpoint", _report, metrics, keep, trial.latest)
+    except Diverged as diverged:
+        return _end_diverged(diverged, run, trial.latest)
+    with tempfile.TemporaryDirectory() as scratch:
+        final = _finish(trial, context, run, {**curves, **trial.latest, **node}, clock, Path(scratch))
+        # GPU memory goes back before the last report: when Tune ends this worker right after it
+        # (ASHA's max_t, the sweep's end), a training thread still holding CUDA tensors aborts the
+        # process on its way out ("Fatal Python error: Aborted" in THPVariable_clear, seen on an H100).
+        del trial
+        _release_device_memory()
+        checkpoint = tune.Checkpoint.from_directory(Path(scratch) / "checkpoint")
+        tune.report({**final, **clock.seconds()}, checkpoint=checkpoint)
+
+
+def _finish(trial: Trial, context: TrialContext, run, reported: dict, clock: Clock, scratch: Path) -> dict:
+    """The final battery, recon metrics and WAVs; the trial's files into its folder in Tune's storage
+    and MLflow; the final checkpoint (scratch/checkpoint: the trained weights, without the optimizer
+    state unless asked: training is over). Returns the final result."""
+    trainer, device, params = trial.trainer, trial.device, trial.params
+    folder = scratch / EVALUATION_FOLDER
+    evaluation = clock.timed("evaluation", evaluate, trial, context, folder)
+    values = objective_values(evaluation.metrics, params.dim, context.max_recon_mel)
+    final = {**reported, TIME_ATTR: trainer.step, **evaluation.metrics, **values, WALL: time.time()}
+    final.update({f"time/evaluation/{part}": seconds for part, seconds in evaluation.seconds.items()})
+    if device.type == "cuda":  # what fractional GPUs do not limit (ray#5902): sweep.bench reads it
+        final["gpu/peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    final[STATUS] = COMPLETED
+    files = write_trial_files(evaluation, folder)
+    clock.timed("checkpoint", persist_trial_folder, folder)
+    if run:
+        clock.timed("logging", _log_final, run, final, evaluation, files, trainer.step)
+    write_checkpoint(scratch / "checkpoint", trainer, trial.latest, optimizer=context.keep_optimizer)
+    return final
+
+
+def persist_trial_folder(folder: Path) -> str:
+    """Copy `folder` into this trial's folder in Tune's storage (local, shared or s3://), as Tune copies
+    checkpoints. Ray's own trial directory (`get_trial_dir()`) is not that: a trial on a reused worker
+    or on another node gets a local staging folder that is never synced, so files written there were
+    lost after the first wave. Returns where they went."""
+    storage = tune.get_context().get_storage()
+    target = f"{storage.trial_fs_path}/{folder.name}"
+    storage.storage_filesystem.create_dir(target)
+    pafs.copy_files(str(folder), target, destination_filesystem=storage.storage_filesystem)
+    return target
+
+
+def _child_run(context: TrialContext, params: TrialParams, name: str) -> TrialRun | None:
+    if context.tracking is None:
+        return None
+    trial = tune.get_context()
+    try:
+        return TrialRun.find_or_create(
+            context.tracking,
+            trial_id=trial.get_trial_id(),
+            name=f"{name} {params.label(context.varied)}",
+            params={**params.to_dict(), **{f"preset.{k}": v for k, v in context.preset.to_dict().items()}},
+            tags={"sweep.trial_name": name, "seed": str(params.seed)},
+        )
+    except Exception as err:  # MLflow away: train anyway; `python -m sweep.sync` sends the results later
+        log.warning("MLflow unreachable (%s): trial %s runs without it", err, trial.get_trial_id())
+        return None
+
+
+def _report(metrics: dict, trainer: VAETrainer | None, latest: dict) -> None:
+    if trainer is None:
+        tune.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = write_checkpoint(Path(folder), trainer, latest)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint))
+
+
+def _release_device_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _log_final(run: TrialRun, final: dict, evaluation: TrialEvaluation, files: dict, step: int) -> None:
+    run.log_metrics({k: v for k, v in final.items() if not k.startswith(PROBE) and k != WALL}, step)
+    log_trial_evaluation(run, evaluation, files)
+    run.set_tags({"rollout/horizon": str(int(final["rollout/horizon"]))})
+
+
+def _end_diverged(diverged: Diverged, run: TrialRun | None, latest: dict) -> None:
+    """Report the divergence honestly and end the trial; the searcher sees the surrogate."""
+    step, loss = diverged.step, diverged.values["train/loss"]
+    log.warning("%s", diverged)
+    final = {**latest, **diverged.last_finite, **objective_values({}, 1, 0.0), TIME_ATTR: step,
+             STATUS: DIVERGED, "diverged/step": step, "diverged/loss": loss}  # fmt: skip
+    if run:
+        run.log_metrics({k: v for k, v in final.items() if not k.startswith(PROBE)}, step)
+        run.set_tags({"sweep.diverged_step": str(step)})
+    tune.report(final)
