@@ -119,7 +119,7 @@ def configure_logging(verbose: bool) -> None:
     if verbose:
         return
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read as mlflow is imported, here and in trials
-    for chatty in ("optuna", "ray"):
+    for chatty in ("optuna", "ray", "matplotlib"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     # "Token authentication is enabled for this Ray cluster": Ray's default for a local cluster since 2.59;
     # the driver prints the dashboard's URL with how to get its token instead.

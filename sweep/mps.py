@@ -102,7 +102,7 @@ def stop_daemon(env: dict[str, str], timeout_s: float = 30.0) -> None:
     if left:
         log.error("MPS processes %s of %s are still running; stop them by hand (kill %s)", left, pipe, left)
     else:
-        log.info("stopped the MPS daemon (pipe %s)", pipe)
+        log.debug("stopped the MPS daemon (pipe %s)", pipe)  # after the summary: the console ends with it
 
 
 def daemon_processes(pipe: str) -> list[int]:

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -117,6 +118,8 @@ def build_trial(config: dict, context: TrialContext, name: str, checkpoint: Path
     )
     if settings.compile:
         torch._dynamo.reset()  # a reused worker's earlier trials would count towards the recompile limit
+        # The STFT loss's complex ops run eagerly inside the compiled step, as measured in sweep.bench.
+        warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for compl")
     trainer = VAETrainer(BetaVAE(params.vae_config(context.preset), decoder), device, settings)
     latest = restore(trainer, checkpoint, params.train_steps) if checkpoint else unmeasured()
     preset = context.preset
