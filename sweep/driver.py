@@ -32,8 +32,8 @@ from sweep.errors import UsageError
 from sweep.events import TrialEvents, TrialLifecycle
 from sweep.features import prepare_data
 from sweep.mps import mps_daemon
-from sweep.plan import SweepPlan, git_commit, load_study
-from sweep.search import param_space, scheduler, searcher
+from sweep.plan import SweepPlan
+from sweep.search import load_study, param_space, scheduler, searcher
 from sweep.storage import is_uri
 from sweep.summary import publish_summary, results_frame, summarise
 from sweep.tracking import (
@@ -41,6 +41,7 @@ from sweep.tracking import (
     TrackingUnreachable,
     check_reachable,
     finish_sweep,
+    git_commit,
     log_sweep_metrics,
     mlflow_artifact_bytes,
     open_sweep_tracking,

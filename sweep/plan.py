@@ -10,7 +10,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -398,22 +397,3 @@ def default_mlflow_uri(workdir: Path) -> str:
     from sweep.tracking import default_uri
 
     return default_uri(workdir)
-
-
-def git_commit(folder: Path) -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def load_study(plan: SweepPlan):
-    """The sweep's Optuna study (None for a grid)."""
-    if plan.search != "optuna":
-        return None
-    import optuna
-
-    return optuna.load_study(study_name=plan.experiment, storage=plan.optuna_uri)

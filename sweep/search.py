@@ -110,3 +110,12 @@ def scheduler(plan: SweepPlan):
         grace_period=plan.preset.probe_first,
         reduction_factor=ASHA_REDUCTION,
     )
+
+
+def load_study(plan: SweepPlan):
+    """The sweep's Optuna study (None for a grid)."""
+    if plan.search != "optuna":
+        return None
+    import optuna
+
+    return optuna.load_study(study_name=plan.experiment, storage=plan.optuna_uri)

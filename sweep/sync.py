@@ -23,7 +23,8 @@ from sweep import storage
 from sweep.config import TrialParams, rung_steps, trial_number, trial_seed
 from sweep.errors import UsageError, report_usage_error
 from sweep.objective import OBJECTIVES, PROBE, STATUS, WALL
-from sweep.plan import PLAN_FILE, SweepPlan, load_study
+from sweep.plan import PLAN_FILE, SweepPlan
+from sweep.search import load_study
 from sweep.summary import publish_summary, results_frame, summarise
 from sweep.tracking import (
     SweepTracking,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import time
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
@@ -275,3 +276,14 @@ def _retry(fn: Callable):
             log.info("MLflow call failed (%s); retrying in %.1f s", err, delay)
             time.sleep(delay)
     return fn()
+
+
+def git_commit(folder: Path) -> str:
+    """The code's commit, for the runs' `git.commit` tag ("unknown" outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
