@@ -1,6 +1,6 @@
 """Smoke run of one trial, start to end, on the bundled speech and the CPU.
 
-    python -m sweep.smoke                        # ~1.5 min on 2 cores
+    python -m sweep.smoke                        # ~45 s on 2 cores
     python -m sweep.smoke --steps 200 --dim 16 --beta 0.1 --codec random:reduced
 
 What one trial runs, without Ray, Optuna or MLflow, to check an install or a codec in a minute: the
@@ -52,8 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
-    p.add_argument("--battery-hidden", type=int, default=256, help="MDN hidden width (paper: 1024)")
-    p.add_argument("--battery-steps", type=int, default=1500, help="MDN training steps at most")
+    smoke = PRESETS["smoke"]  # its battery: plumbing-sized
+    p.add_argument("--battery-hidden", type=int, default=smoke.battery_hidden, help="MDN width (paper: 1024)")
+    p.add_argument("--battery-steps", type=int, default=smoke.battery_mdn_steps, help="MDN steps, paper 3000")
     p.add_argument(
         "--audio-utterances", type=int, default=2, help="eval utterances to write rollout WAVs for"
     )

@@ -41,20 +41,18 @@ class Process:
         return f, g
 
     def simulate(self, n: int, length: int, seed: int, burn_in: int = 300) -> list[np.ndarray]:
+        """`n` independent (length, D) float32 sequences, after `burn_in` steps from mu (all at once)."""
         rng = np.random.default_rng(seed)
         chol = np.linalg.cholesky(self.noise_cov)
-        out = []
-        for _ in range(n):
-            history = [np.zeros(self.dim)] * len(self.lags)  # deviations from mu, newest first
-            seq = np.empty((length, self.dim), dtype=np.float32)
-            for t in range(burn_in + length):
-                noise = chol @ rng.standard_normal(self.dim)
-                x = sum(a @ h for a, h in zip(self.lags, history, strict=True)) + noise
-                history = [x, *history[:-1]]
-                if t >= burn_in:
-                    seq[t - burn_in] = self.mu + x
-            out.append(seq)
-        return out
+        history = [np.zeros((n, self.dim))] * len(self.lags)  # deviations from mu, newest first
+        out = np.empty((length, n, self.dim), dtype=np.float32)
+        for t in range(burn_in + length):
+            noise = rng.standard_normal((n, self.dim)) @ chol.T
+            x = sum(h @ a.T for a, h in zip(self.lags, history, strict=True)) + noise
+            history = [x, *history[:-1]]
+            if t >= burn_in:
+                out[t - burn_in] = self.mu + x
+        return list(out.transpose(1, 0, 2))
 
     def oracle(self, sequences: list[np.ndarray], context: int, horizons: tuple[int, ...]) -> dict:
         """{"p0/nll", "teacher/k<h>", "rollout/k<h>"} over every window of `context` frames with h_max
