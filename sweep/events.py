@@ -100,7 +100,7 @@ class TrialEvents(tune.Callback):
         elif status == DIVERGED:
             text = f"diverged at step {step} (a non-finite loss); the sweep goes on"
         else:
-            text = f"{STOPPED.replace('early', 'by ASHA')} at step {step}"
+            text = f"stopped by ASHA at step {step}"  # no status of its own: the summary's "stopped early"
         self._say(trial, text, trials, "end")
 
     def on_trial_error(self, iteration, trials, trial, **info):
