@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 from ray import tune
 
 from models.training import CHECKPOINT_OPTIMIZER
-from sweep.config import TrialParams, rung_steps
+from sweep.config import TrialParams
 from sweep.objective import (
     CHECKPOINT_MODEL,
     COMPLETED,
@@ -73,15 +73,14 @@ class TrialEvents(tune.Callback):
     objectives), each ending with the sweep's progress. Tune's own tables are for --verbose."""
 
     def __init__(self, plan: SweepPlan):
-        self.preset, self.fixed, self.varied = plan.preset, plan.fixed, plan.varied
-        self.asha, self.total = plan.scheduler == "asha", plan.trial_count
+        self.plan, self.total = plan, plan.trial_count
         self._rungs: dict[str, set[int]] = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        params = TrialParams.from_config({**self.fixed, **trial.config}, self.preset)
-        rungs = rung_steps(params.train_steps, self.preset.probe_first) if self.asha else []
-        self._rungs[trial.trial_id] = set(rungs)
-        self._say(trial, f"started: {params.label(self.varied)}, {params.train_steps} steps", trials, "start")
+        params = TrialParams.from_config({**self.plan.fixed, **trial.config}, self.plan.preset)
+        self._rungs[trial.trial_id] = set(self.plan.rungs(params.train_steps))
+        label = params.label(self.plan.varied)
+        self._say(trial, f"started: {label}, {params.train_steps} steps", trials, "start")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         step = result.get(TIME_ATTR)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sweep import spaces, storage
-from sweep.config import PRESETS, RECON_MARGIN, Preset, TrialParams
+from sweep.config import PRESETS, RECON_MARGIN, Preset, TrialParams, rung_steps
 from sweep.errors import UsageError
 
 PLAN_FILE = "sweep.json"
@@ -102,6 +102,10 @@ class SweepPlan:
     @property
     def trial_count(self) -> int:
         return spaces.grid_size(self.space) * self.num_samples if self.search == "grid" else self.num_samples
+
+    def rungs(self, train_steps: int) -> list[int]:
+        """ASHA's rungs for a trial of `train_steps` (none without ASHA): where its cheap battery runs."""
+        return rung_steps(train_steps, self.preset.probe_first) if self.scheduler == "asha" else []
 
     def max_train_steps(self) -> int:
         step_values = (

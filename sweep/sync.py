@@ -20,7 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from sweep import storage
-from sweep.config import TrialParams, rung_steps, trial_number, trial_seed
+from sweep.config import TrialParams, trial_number, trial_seed
 from sweep.errors import UsageError, report_usage_error
 from sweep.objective import OBJECTIVES, PROBE, STATUS, WALL
 from sweep.plan import PLAN_FILE, SweepPlan
@@ -54,7 +54,7 @@ def sync_sweep(plan: SweepPlan, mlflow_uri: str | None = None) -> dict:
             tracking, trial.trial_id, f"{name} {params.label(plan.varied)}", params.to_dict(),
             {"sweep.trial_name": name, "seed": str(seed)}, count_attempt=False,
         )  # fmt: skip
-        rungs = rung_steps(params.train_steps, plan.preset.probe_first) if plan.scheduler == "asha" else []
+        rungs = plan.rungs(params.train_steps)
         sent["reports"] += _send_reports(run, trial.rows, set(rungs))
         sent["files"] += _send_files(run, trial.folder / "evaluation")
         sent["trials"] += 1
