@@ -24,7 +24,7 @@ from evaluation.audio import codec_decoder
 from evaluation.trial import reconstruction_metrics
 from models.codec import CodecSpec, CodecWeightsMissing, MimiCodec
 from models.training import StepSettings
-from sweep import spaces, storage
+from sweep import storage
 from sweep.config import trial_name
 from sweep.console import describe, exposure_warning
 from sweep.data import DataError
@@ -114,7 +114,7 @@ def _run(
         tracking = reopen_sweep_tracking(plan.mlflow_uri, plan.parent_run_id, tags)
     else:
         tracking = open_sweep_tracking(
-            plan.mlflow_uri, plan.experiment, Path(plan.workdir) / "mlartifacts", param_space(plan), tags
+            plan.mlflow_uri, plan.experiment, Path(plan.workdir) / "mlartifacts", _parent_params(plan), tags
         )
         plan.parent_run_id = tracking.parent_run_id
         plan.save()
@@ -133,6 +133,28 @@ def _run(
     _print_where(plan, tracking, info)
     grid = tuner.fit()
     return _finish(plan, tracking, grid)
+
+
+def _parent_params(plan: SweepPlan) -> dict:
+    """The sweep's parent run params: what the sweep is, as MLflow shows it."""
+    return {
+        "space": plan.space,
+        "search": plan.search,
+        "preset": plan.preset.name,
+        "num_samples": plan.num_samples,
+        "steps_per_10k": plan.preset.steps_per_10k,
+        "scheduler": plan.scheduler,
+        "seed": plan.seed,
+        "codec": plan.codec,
+        "data": plan.data,
+        "cpus_per_trial": plan.cpus_per_trial,
+        "gpus_per_trial": plan.gpus_per_trial,
+        "compile": plan.compiled,
+        "fused_optimizer": plan.fused_optimizer,
+        "mps": plan.mps,
+        "constraint": plan.describe_constraint(),
+        **{f"fixed.{k}": v for k, v in plan.fixed.items()},
+    }
 
 
 def _prepare(plan: SweepPlan) -> tuple[TrialContext, dict]:
@@ -271,7 +293,7 @@ def _run_config(plan: SweepPlan, tracking: SweepTracking, verbose: bool = False)
 def _new_tuner(plan: SweepPlan, trainable, tracking: SweepTracking, verbose: bool = False) -> tune.Tuner:
     return tune.Tuner(
         trainable,
-        param_space=spaces.SPACES[plan.space](plan.search),
+        param_space=param_space(plan),
         tune_config=tune.TuneConfig(
             search_alg=searcher(plan),
             scheduler=scheduler(plan),

@@ -63,24 +63,8 @@ class ConstrainedOptunaSearch(OptunaSearch):
 
 
 def param_space(plan: SweepPlan) -> dict:
-    return {
-        "space": plan.space,
-        "search": plan.search,
-        "preset": plan.preset.name,
-        "num_samples": plan.num_samples,
-        "steps_per_10k": plan.preset.steps_per_10k,
-        "scheduler": plan.scheduler,
-        "seed": plan.seed,
-        "codec": plan.codec,
-        "data": plan.data,
-        "cpus_per_trial": plan.cpus_per_trial,
-        "gpus_per_trial": plan.gpus_per_trial,
-        "compile": plan.compiled,
-        "fused_optimizer": plan.fused_optimizer,
-        "mps": plan.mps,
-        "constraint": plan.describe_constraint(),
-        **{f"fixed.{k}": v for k, v in plan.fixed.items()},
-    }
+    """Tune's param space: the plan's named space for its search (grid or Optuna)."""
+    return spaces.SPACES[plan.space](plan.search)
 
 
 def searcher(plan: SweepPlan):

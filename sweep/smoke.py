@@ -88,8 +88,8 @@ def run(args: argparse.Namespace) -> dict:
         probes=False,
     )  # fmt: skip
     trial = build_trial({"beta": args.beta, "dim": args.dim}, context, trial_name(0))
-    crop_frames = round(args.crop_seconds * codec.frame_rate)
-    held_out = CropSampler(trial.cache, prepared.eval_ids, crop_frames, args.batch_size, seed=args.seed + 1)
+    crops = trial.sampler.crop_frames  # the trial's crop length, for held-out crops of the same shape
+    held_out = CropSampler(trial.cache, prepared.eval_ids, crops, args.batch_size, seed=args.seed + 1)
     eval_batch = held_out.batch(0)
     before = _eval_recon(trial.trainer, eval_batch)
     started = time.perf_counter()
