@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from sweep import spaces
-from sweep.config import TrialParams, rung_steps
+from sweep.config import TrialParams
 from sweep.objective import OBJECTIVES, SCHEDULER_METRIC
 from sweep.plan import LOOPBACK, SweepPlan
 
@@ -45,8 +45,7 @@ def describe(plan: SweepPlan, cpus: int, gpus: int) -> str:
         f"{plan.max_train_steps()}), batch {preset.batch_size} x {preset.crop_seconds:g} s, lr {preset.lr:g}",
         "  scheduler   "
         + (
-            f"ASHA on {SCHEDULER_METRIC} at steps "
-            f"{_rungs(preset.probe_first, plan.max_train_steps())} (cheap battery there)"
+            f"ASHA on {SCHEDULER_METRIC} at steps {_rungs(plan)} (cheap battery there)"
             if plan.scheduler == "asha"
             else "none: every trial runs to the end"
         ),
@@ -98,8 +97,9 @@ def projection(plan: SweepPlan, cpus: int, gpus: int, bench_file: Path, device_n
     )
 
 
-def _rungs(first: int, last: int) -> str:
-    return ", ".join(map(str, rung_steps(last, first))) or "(none: trials shorter than the first rung)"
+def _rungs(plan: SweepPlan) -> str:
+    rungs = plan.rungs(plan.max_train_steps())
+    return ", ".join(map(str, rungs)) or "(none: trials shorter than the first rung)"
 
 
 def exposure_warning(service: str, host: str) -> str | None:
