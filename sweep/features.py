@@ -32,7 +32,17 @@ from tqdm.auto import tqdm
 
 from models.codec import SAMPLE_RATE, MimiCodec, config_digest
 from models.training import Batch
-from sweep.data import AudioFile, DataError, probe_audio, read_audio, warn_unusable
+from sweep.corpus import write_corpus
+from sweep.data import (
+    AudioFile,
+    DataError,
+    discover_audio,
+    probe_audio,
+    read_audio,
+    select_utterances,
+    split_by_speaker,
+    warn_unusable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +137,6 @@ def prepare_data(
     """Corpus -> utterances -> speaker-disjoint split -> feature cache, the one way the driver, the
     one-trial smoke run and the benchmark do it. `write_bundled`: an absent `data` folder gets the bundled
     speech first. DataError when a split ends up empty."""
-    from sweep.corpus import write_corpus
-    from sweep.data import discover_audio, select_utterances, split_by_speaker
-
     data = Path(data)
     if write_bundled and not data.exists():
         written = write_corpus(data)
