@@ -98,16 +98,25 @@ class VAETrainer:
             )
         self.term_names = TERM_NAMES + (("pred",) if self.predictor is not None else ()) + ("loss",)
         self.metric_names = tuple(f"train/{name}" for name in self.term_names)
+        # The terms' weights enter the compiled step as a tensor, not as constants: one compiled graph
+        # (and one entry in the shared compile cache) serves every beta and lambda of a sweep.
+        self.loss_weights = torch.tensor(
+            [self.config.beta, self.config.lambda_smooth, self.config.lambda_pred], device=self.device
+        )
         self._losses = self._loss_row
         if settings.compile:
             mode = "reduce-overhead" if self.device.type == "cuda" else None
             self._losses = torch.compile(self._loss_row, mode=mode)
         self.step = 0
 
-    def loss_terms(self, batch: Batch, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def loss_terms(
+        self, batch: Batch, noise: torch.Tensor | None = None, weights: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Every loss term of `batch` and their weighted sum under "loss". `noise` (B, D, F): the
-        reparameterisation's standard normal draw (fresh when None); fixing it makes a step repeatable."""
+        reparameterisation's standard normal draw (fresh when None); fixing it makes a step repeatable.
+        `weights`: (beta, lambda_smooth, lambda_pred) as a tensor (default: the config's, `loss_weights`)."""
         cfg = self.config
+        beta, lambda_smooth, lambda_pred = (self.loss_weights if weights is None else weights).unbind()
         with autocast(self.device):
             audio_hat, mu, logvar, z = self.vae(batch.features, noise=noise)
         terms = {
@@ -119,18 +128,20 @@ class VAETrainer:
         terms["recon"] = terms["stft"] + terms["l1"]
         loss = terms["recon"]
         if cfg.beta > 0:
-            loss = loss + cfg.beta * terms["kl"]
+            loss = loss + beta * terms["kl"]
         if cfg.lambda_smooth > 0:
-            loss = loss + cfg.lambda_smooth * terms["smooth"]
+            loss = loss + lambda_smooth * terms["smooth"]
         if self.predictor is not None:
             terms["pred"] = losses.delta_prediction_loss(self.predictor, z, cfg.pred_context)
-            loss = loss + cfg.lambda_pred * terms["pred"]
+            loss = loss + lambda_pred * terms["pred"]
         terms["loss"] = loss
         return terms
 
-    def _loss_row(self, features: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor | None):
+    def _loss_row(
+        self, features: torch.Tensor, audio: torch.Tensor, noise: torch.Tensor | None, weights: torch.Tensor
+    ):
         """(loss, every term stacked in `term_names` order): the part that torch.compile captures."""
-        terms = self.loss_terms(Batch(features, audio), noise)
+        terms = self.loss_terms(Batch(features, audio), noise, weights)
         return terms["loss"], torch.stack([terms[name].float() for name in self.term_names])
 
     def train_step_async(self, batch: Batch, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -142,7 +153,7 @@ class VAETrainer:
             self.pred_optimizer.zero_grad(set_to_none=True)
         if self.settings.compile and self.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are done with
-        loss, row = self._losses(batch.features, batch.audio, noise)
+        loss, row = self._losses(batch.features, batch.audio, noise, self.loss_weights)
         loss.backward()
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.vae.parameters(), self.config.grad_clip)

@@ -280,3 +280,24 @@ def test_fastest_settings_use_the_gpu_only_paths_only_on_a_gpu():
         VAETrainer(
             BetaVAE(VAEConfig(latent_dim=4), _LinearDecoder()), "cpu", StepSettings(fused_optimizer=True)
         )
+
+
+def test_one_compiled_graph_serves_every_beta_and_lambda(codec, speech_batch):
+    """The loss weights enter the compiled step as a tensor: two trials that differ only in beta and
+    lambda_smooth trace to the same graph, so the second finds the first's compiled kernels in the
+    shared compile cache instead of compiling again (as it did while the weights were constants)."""
+    graphs = []
+
+    def record(graph_module, example_inputs):
+        graphs.append(graph_module.code)
+        return graph_module.forward
+
+    for beta, smooth in ((0.01, 0.1), (0.0443, 0.3)):
+        trainer = make_trainer(codec, beta=beta, lambda_smooth=smooth)
+        torch._dynamo.reset()
+        compiled = torch.compile(trainer._loss_row, backend=record)
+        loss, _ = compiled(speech_batch.features, speech_batch.audio, None, trainer.loss_weights)
+        assert torch.isfinite(loss)
+    torch._dynamo.reset()
+    assert len(graphs) == 2 and graphs[0] == graphs[1]
+    assert "0.0443" not in graphs[1] and "0.3" not in graphs[1]
