@@ -115,6 +115,10 @@ class FitConfig:
     patience: int = 5  # evaluations without held-out improvement before stopping
     holdout_fraction: float = 0.1
     seed: int = 0
+    # On a GPU, capture one training step (forward, backward, AdamW) as a CUDA graph and replay it: the
+    # fits are launch-bound (small MLPs), and a replay costs one launch instead of hundreds of kernels'
+    # worth of Python. The same arithmetic either way (tests/test_gpu.py compares them).
+    cuda_graphs: bool = True
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1:
@@ -174,41 +178,27 @@ def fit_mdns(
         model.set_standardisation(frames)
         model.train()
     splits = [_split(s, config.holdout_fraction) for s in starts]
-    fused = {"fused": True} if frames.is_cuda else {}
-    optimizer = torch.optim.AdamW(
-        [{"params": list(m.parameters())} for m in models],
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        **fused,
-    )
     picks = _minibatch_starts(splits, config)  # (K, steps, batch) global window ends, drawn up front
-    offsets = torch.arange(-models[0].context + 1, 1, device=frames.device)
-    ahead = torch.tensor(horizons, device=frames.device)[:, None]  # (K, 1)
-    batched_nll = _batched_nll(models)
+    step_once = _TrainingStep(models, frames, horizons, config, picks[:, 0])
     best = [math.inf] * len(models)
     best_state = [copy.deepcopy(m.state_dict()) for m in models]
     bad, stopped_at = [0] * len(models), [None] * len(models)
     for step in range(1, config.steps + 1):
-        t = picks[:, step - 1]  # (K, batch)
-        losses = batched_nll(frames[t[..., None] + offsets], frames[t + ahead]).mean(dim=1)  # (K,)
-        optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()  # model k's parameters get exactly the gradient of losses[k]
-        optimizer.step()
+        losses = step_once(picks[:, step - 1])  # (K,)
         if step % config.eval_every and step != config.steps:
             continue
-        for k, (model, group) in enumerate(zip(models, optimizer.param_groups, strict=True)):
+        for k, model in enumerate(models):
             if stopped_at[k] is not None:
                 continue
             held = _mean_nll(model, frames, splits[k][1], horizons[k])
             if held < best[k] - 1e-4:
                 best[k], best_state[k], bad[k] = held, copy.deepcopy(model.state_dict()), 0
                 continue
-            bad[k] += (
-                1  # plateau: halve the step size, and stop after `patience` evaluations without progress
-            )
-            group["lr"] *= 0.5
+            bad[k] += 1  # a plateau: halve the step size; stop after `patience` evaluations without progress
+            step_once.scale_lr(k, 0.5)
             if bad[k] >= config.patience:
-                stopped_at[k], group["lr"] = step, 0.0  # lr 0: AdamW leaves the weights as they are
+                stopped_at[k] = step
+                step_once.scale_lr(k, 0.0)  # lr 0: AdamW leaves the weights as they are
         if all(s is not None for s in stopped_at):
             break
     for model, state in zip(models, best_state, strict=True):
@@ -218,6 +208,68 @@ def fit_mdns(
         {"steps": stopped_at[k] or step, "best_holdout_nll": best[k], "train_nll": float(losses[k].detach())}
         for k in range(len(models))
     ]
+
+
+class _TrainingStep:
+    """One AdamW step of every model on its minibatch (window ends `t`, (K, batch)); returns the (K,)
+    minibatch NLLs. On a GPU with `config.cuda_graphs`, the first steps run eagerly on a side stream
+    (AdamW's state, cuBLAS's workspace), then one step is captured as a CUDA graph and replayed: the
+    minibatch goes in through a static index tensor, the step sizes through per-model tensors."""
+
+    WARMUP = 3  # eager steps before the capture, as torch.cuda.graph's documentation asks
+
+    def __init__(self, models: list[MDN], frames, horizons, config: FitConfig, first: torch.Tensor):
+        self.frames = frames
+        self.graphed = config.cuda_graphs and frames.is_cuda
+        lr = (lambda: torch.tensor(config.lr, device=frames.device)) if self.graphed else (lambda: config.lr)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": list(m.parameters()), "lr": lr()} for m in models],
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            **({"fused": True} if frames.is_cuda else {}),
+            **({"capturable": True} if self.graphed else {}),
+        )
+        self.offsets = torch.arange(-models[0].context + 1, 1, device=frames.device)
+        self.ahead = torch.tensor(horizons, device=frames.device)[:, None]  # (K, 1)
+        self.batched_nll = _batched_nll(models)
+        self.t = first.clone()  # the graph's input: this step's window ends
+        self.taken, self.graph, self.losses = 0, None, None
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        self.t.copy_(t)
+        self.taken += 1
+        if not self.graphed:
+            return self._step()
+        if self.graph is not None:
+            self.graph.replay()
+            return self.losses
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            losses = self._step()
+        torch.cuda.current_stream().wait_stream(side)
+        if self.taken == self.WARMUP:  # capture the next steps (capturing runs nothing: no step is lost)
+            self.optimizer.zero_grad(set_to_none=True)  # the graph allocates the gradients from its pool
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.losses = self._step(zero_grad=False)
+        return losses
+
+    def _step(self, zero_grad: bool = True) -> torch.Tensor:
+        t, frames = self.t, self.frames
+        losses = self.batched_nll(frames[t[..., None] + self.offsets], frames[t + self.ahead]).mean(dim=1)
+        if zero_grad:
+            self.optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()  # model k's parameters get exactly the gradient of losses[k]
+        self.optimizer.step()
+        return losses.detach()
+
+    def scale_lr(self, k: int, factor: float) -> None:
+        group = self.optimizer.param_groups[k]
+        if self.graphed:
+            group["lr"].mul_(factor)  # in place: the graph reads this tensor at every replay
+        else:
+            group["lr"] *= factor
 
 
 def _split(starts: torch.Tensor, holdout_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,6 +31,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -121,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         hidden = (args.battery_hidden,) * 2
         config = BatteryConfig(hidden=hidden, steps=args.battery_steps, device=str(device))
         results["battery"] = time_battery(args.battery_utterances, args.battery_seconds, 32, config)
+        if device.type == "cuda":  # the switch measured: the same battery with eager MDN fits
+            eager = time_battery(
+                args.battery_utterances, args.battery_seconds, 32, replace(config, cuda_graphs=False)
+            )
+            results["battery"]["without_cuda_graphs"] = {
+                k: eager[k] for k in ("seconds_total", "seconds_by_phase")
+            }
         _save(out, results, preset)
     print(markdown(results))
     print(f"\nwritten to {out}")

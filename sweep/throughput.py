@@ -196,10 +196,16 @@ def markdown(results: dict) -> str:
     if "battery" in results:
         b = results["battery"]
         seconds = b["frames_per_utterance"] / FRAME_RATE
-        out.append(
+        line = (
             f"\n## Battery at scale: {b['utterances']} utterances x {seconds:g} s, D = {b['dim']}: "
             f"{b['seconds_total']:.1f} s (fit {b['seconds_by_phase']['fit']:.1f} s)"
         )
+        if "without_cuda_graphs" in b:
+            e = b["without_cuda_graphs"]
+            line += (
+                f"; without CUDA graphs {e['seconds_total']:.1f} s (fit {e['seconds_by_phase']['fit']:.1f} s)"
+            )
+        out.append(line)
     if results.get("tune"):
         tune = pd.DataFrame(
             [

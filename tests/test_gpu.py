@@ -9,6 +9,8 @@ step, that must end with no errored and no retried trial and every trial's files
 import copy
 import shutil
 import subprocess
+import time
+from dataclasses import replace
 
 import optuna
 import pandas as pd
@@ -19,7 +21,8 @@ from mlflow import MlflowClient
 from oracle import PROCESSES
 from test_battery_oracle import HORIZONS, battery_against_oracle
 
-from evaluation.diagnostics import BatteryConfig
+from evaluation.bench_battery import linear_gaussian_latents
+from evaluation.diagnostics import BatteryConfig, run_battery
 from models.codec import MimiCodec
 from models.training import StepSettings, VAETrainer
 from models.vae import BetaVAE, VAEConfig
@@ -40,6 +43,29 @@ pytestmark = [
 def test_the_default_battery_reads_what_the_true_model_reads(process):
     """tests/test_battery_oracle.py's check with the battery as sweeps run it: 1024-wide MDNs, M = 8."""
     assert battery_against_oracle(process, BatteryConfig(horizons=HORIZONS, device="cuda")) == []
+
+
+def test_battery_fit_replayed_as_cuda_graphs_matches_the_eager_fit_and_is_faster():
+    """The battery's MDN fits captured as CUDA graphs take the same steps as the eager ones (same
+    minibatches, the same AdamW arithmetic; float rounding apart) at paper width, and take less time."""
+    latents = linear_gaussian_latents(400, 150, 32, seed=3)
+    train, held = latents[40:], latents[:40]
+    results, seconds = {}, {}
+    for graphs in (False, True):
+        config = BatteryConfig(steps=1500, device="cuda", cuda_graphs=graphs)
+        run_battery(train[:20], held[:5], replace(config, steps=20))  # CUDA and cuBLAS start-up, untimed
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        results[graphs] = run_battery(train, held, config)
+        seconds[graphs] = time.perf_counter() - started
+    eager, graphed = results[False], results[True]
+    print(f"battery fit: eager {seconds[False]:.1f} s, CUDA graphs {seconds[True]:.1f} s")
+    for name, info in eager.fit_info.items():  # early stops within a few evaluations of each other
+        assert abs(graphed.fit_info[name]["steps"] - info["steps"]) <= 3 * config.eval_every, name
+        assert graphed.fit_info[name]["best_holdout_nll"] == pytest.approx(info["best_holdout_nll"], abs=0.02)
+    for name in ("p0/nll", "teacher/k1", "teacher/k4", "rollout/k4"):
+        assert graphed.metrics[name] == pytest.approx(eager.metrics[name], abs=0.02), name
+    assert seconds[True] < 0.7 * seconds[False]
 
 
 @pytest.fixture(scope="module")
