@@ -35,9 +35,13 @@ class EvalConfig:
     rollout_lengths: tuple[int, ...] = ROLLOUT_LENGTHS
 
     @classmethod
-    def sized(cls, hidden: int, steps: int, seed: int, device, **settings) -> EvalConfig:
+    def sized(
+        cls, hidden: int, steps: int, seed: int, device, cuda_graphs: bool = True, **settings
+    ) -> EvalConfig:
         """The battery of docs/science.md §3 (2 hidden layers) at a chosen width and training-step budget."""
-        battery = BatteryConfig(hidden=(hidden,) * 2, steps=steps, seed=seed, device=str(device))
+        battery = BatteryConfig(
+            hidden=(hidden,) * 2, steps=steps, seed=seed, device=str(device), cuda_graphs=cuda_graphs
+        )
         return cls(battery=battery, **settings)
 
     def __post_init__(self):

@@ -211,16 +211,46 @@ def save_checkpoint(
     rather than a resumable one, a third of the size) and meta.json (step, VAE config, `metadata`).
     Tensors only. Written to a temporary folder beside it, then renamed, so a crash never leaves half
     a checkpoint."""
+    return write_checkpoint_state(checkpoint_state(trainer, metadata, optimizer), directory)
+
+
+def checkpoint_state(
+    trainer: VAETrainer, metadata: dict | None = None, optimizer: bool = True, copy: bool = False
+) -> dict:
+    """What save_checkpoint writes, in memory. copy=True clones every tensor where it lies (on a GPU:
+    milliseconds), so training can go on while another thread writes the copy (write_checkpoint_state)."""
+    state = {
+        "weights": trainer.weights(),
+        "optimizer": trainer.optimizer_state() if optimizer else None,
+        "meta": {"step": trainer.step, "vae_config": trainer.config.to_dict(), **(metadata or {})},
+    }
+    if copy:
+        state["weights"], state["optimizer"] = _cloned(state["weights"]), _cloned(state["optimizer"])
+    return state
+
+
+def _cloned(value):
+    """`value` (state dicts: dicts, lists, tensors, numbers) with every tensor cloned."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _cloned(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_cloned(v) for v in value)
+    return value
+
+
+def write_checkpoint_state(state: dict, directory: str | os.PathLike) -> Path:
+    """A checkpoint_state as save_checkpoint's files, atomically (a temporary folder, then a rename)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    torch.save(trainer.weights(), tmp / CHECKPOINT_WEIGHTS)
-    if optimizer:
-        torch.save(trainer.optimizer_state(), tmp / CHECKPOINT_OPTIMIZER)
-    meta = {"step": trainer.step, "vae_config": trainer.config.to_dict(), **(metadata or {})}
-    (tmp / CHECKPOINT_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    torch.save(state["weights"], tmp / CHECKPOINT_WEIGHTS)
+    if state["optimizer"] is not None:
+        torch.save(state["optimizer"], tmp / CHECKPOINT_OPTIMIZER)
+    (tmp / CHECKPOINT_META).write_text(json.dumps(state["meta"], indent=2, sort_keys=True))
     if directory.exists():
         old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
         directory.rename(old)

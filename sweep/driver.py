@@ -152,6 +152,7 @@ def _parent_params(plan: SweepPlan) -> dict:
         "compile": plan.compiled,
         "fused_optimizer": plan.fused_optimizer,
         "mps": plan.mps,
+        "without": ",".join(plan.without) or "none",
         "constraint": plan.describe_constraint(),
         **{f"fixed.{k}": v for k, v in plan.fixed.items()},
     }
@@ -209,6 +210,7 @@ def _prepare(plan: SweepPlan) -> tuple[TrialContext, dict]:
         step=StepSettings(compile=plan.compiled, fused_optimizer=plan.fused_optimizer),
         keep_optimizer=plan.keep_checkpoints > 1,
         max_recon_mel=plan.recon_bound,
+        without=tuple(plan.without),
     )
     return context, tags
 

@@ -153,6 +153,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "Use it when several trials share each GPU of a machine you have to yourself; it changes how "
         "every process using the daemon shares the GPU, so it is off unless asked. Local Ray only",
     )
+    res.add_argument(
+        "--without",
+        default="",
+        metavar="SWITCH[,SWITCH]",
+        help="run without speed-ups, to measure what each is worth (sweep.bench --parts sweep does): "
+        "compile-cache (every trial compiles its step afresh instead of finding the kernels an earlier one "
+        "compiled in Inductor's cache), battery-graphs (the battery's MDN fits step eagerly instead of "
+        "replaying a CUDA graph), background-io (MLflow logging and checkpoint writing in the training "
+        "loop instead of beside it)",
+    )
     res.add_argument("--address", help="an existing Ray cluster (or RAY_ADDRESS); default: start Ray here")
     res.add_argument("--no-dashboard", action="store_true", help="do not start Ray's dashboard (local Ray)")
     res.add_argument(

@@ -25,6 +25,8 @@ COMPILE_CHOICES = ("auto", "on", "off")
 COMPILE_MIN_STEPS = 2000  # below this a compiled step's warm-up (8-45 s) is not repaid
 TRIALS_PER_GPU = 4  # the default packing: most steps/s per GPU in sweep.bench (H200: 178 with MPS)
 TRIAL_GPU_MEMORY_GIB = 4  # a paper trial: peak 1.1-1.3 GiB allocated (sweep.bench), + context, headroom
+# Speed-ups a sweep can run without, to measure what each is worth (sweep.bench --parts sweep --without).
+SPEED_SWITCHES = ("compile-cache", "battery-graphs", "background-io")
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")  # never a path: no '/', no leading '.'
 
 
@@ -62,6 +64,7 @@ class SweepPlan:
     compile: str = "auto"  # --compile: auto | on | off
     fused_optimizer: bool = True
     mps: bool = False
+    without: list = field(default_factory=list)  # SPEED_SWITCHES turned off (--without)
 
     @property
     def compiled(self) -> bool:
@@ -195,6 +198,7 @@ def make_plan(args: argparse.Namespace, workdir: Path) -> SweepPlan:
         compile=args.compile,
         fused_optimizer=not args.no_fused_optimizer,
         mps=_check_mps(args),
+        without=_check_without(getattr(args, "without", "")),
         max_concurrent=_check_concurrency(args.max_concurrent),
         storage=root,
         mlflow_uri=args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri(workdir),
@@ -269,6 +273,16 @@ def _check_keep(value: int) -> int:
     if value < 1:
         raise UsageError(f"--keep-checkpoints must be >= 1 (a trial needs one to be resumed), got {value}.")
     return value
+
+
+def _check_without(value: str) -> list:
+    names = [v for v in value.split(",") if v]
+    unknown = sorted(set(names) - set(SPEED_SWITCHES))
+    if unknown:
+        raise UsageError(
+            f"--without {','.join(unknown)}: not a speed switch; choose from {', '.join(SPEED_SWITCHES)}."
+        )
+    return names
 
 
 def _check_concurrency(value: int | None) -> int | None:

@@ -47,6 +47,88 @@ def aggregate_rate(series: Sequence[Sequence[tuple[float, int]]]) -> dict:
     return {"aggregate": sum(per_trial), "per_trial": per_trial, "window_s": end - start}
 
 
+def rate_when_full(series: Sequence[Sequence[tuple[float, int]]], slots: int) -> dict:
+    """Steps/s of the trials while `slots` of them trained at once (every slot busy training), from each
+    trial's (wall seconds, step) training reports; a trial trains from its first report (past its
+    warm-up) to its last. Sums over every such stretch of a sweep, across its waves."""
+    spans = [(s[0][0], s[-1][0]) for s in series if len(s) >= 2]
+    times = sorted({t for first, last in spans for t in (first, last)})
+    steps, seconds = 0.0, 0.0
+    for a, b in itertools.pairwise(times):
+        active = [s for s in series if len(s) >= 2 and s[0][0] <= a and b <= s[-1][0]]
+        if len(active) < slots:
+            continue
+        for s in active:
+            wall, step = np.array([t for t, _ in s], dtype=float), np.array([k for _, k in s], dtype=float)
+            steps += float(np.interp(b, wall, step) - np.interp(a, wall, step))
+        seconds += b - a
+    if seconds <= 0:
+        raise ValueError(f"no stretch of the sweep had {slots} trials training at once: run longer trials.")
+    return {"aggregate": steps / seconds, "window_s": seconds}
+
+
+def sweep_breakdown(reports: dict[str, list[dict]], slots: int, started: float, ended: float) -> dict:
+    """Where a sweep's wall time went, from Tune's stored reports of its trials and the wall clock
+    (`started`, `ended`: time.time()) around the launch command.
+
+    Returns the wall time, the training steps, the aggregate rate while every slot trained
+    (rate_when_full), the time those steps alone would take at that rate (`ideal_s`) and their
+    ratio; and `parts`: the wall seconds by cause, summing to the wall time. Within the trials' span,
+    slot-seconds are divided by the slots: a trial's set-up, compile warm-up, training, evaluation,
+    checkpoints, logging; `idle slots` is slot time no trial held (worker start-up, scheduling, the
+    last wave's empty slots). `start` is the launch up to the first trial (Ray, data, the codec's
+    reference, MLflow), `end` the last trial's end up to the launch's exit (summary, shutdown)."""
+    trials, series = [], []
+    for rows in reports.values():
+        training = [r for r in rows if STATUS not in r]
+        final = rows[-1]
+        first = rows[0]
+        begin = first[WALL] - first["time_total_s"]  # the trainable's start: Ray's clock at its first report
+        clock = {
+            k[len("time/") :]: float(v)
+            for k, v in final.items()
+            if k.startswith("time/") and "/" not in k[5:]
+        }
+        warmup = _warmup(training)
+        trials.append({
+            "begin": begin, "end": begin + final["time_total_s"], "steps": final[TIME_ATTR], "warmup": warmup,
+            **clock,
+        })  # fmt: skip
+        series.append([(r[WALL], r[TIME_ATTR]) for r in training])
+    if not trials:
+        raise ValueError("the sweep stored no reports.")
+    first_begin, last_end = min(t["begin"] for t in trials), max(t["end"] for t in trials)
+    slot_seconds = {name: 0.0 for name in SWEEP_PARTS[2:]}
+    for t in trials:
+        span = t["end"] - t["begin"]
+        timed = {k: t.get(k, 0.0) for k in ("setup", "train", "probe", "evaluation", "checkpoint", "logging")}
+        slot_seconds["set-up"] += timed["setup"] + max(0.0, span - sum(timed.values()))  # Ray's share too
+        slot_seconds["compile warm-up"] += t["warmup"]
+        slot_seconds["training"] += timed["train"] - t["warmup"]
+        slot_seconds["evaluation"] += timed["evaluation"] + timed["probe"]
+        slot_seconds["checkpoints"] += timed["checkpoint"]
+        slot_seconds["logging"] += timed["logging"]
+        slot_seconds["idle slots"] -= span
+    slot_seconds["idle slots"] += slots * (last_end - first_begin)
+    parts = {"start": first_begin - started, "end": ended - last_end}
+    parts.update({name: value / slots for name, value in slot_seconds.items()})
+    steps = sum(t["steps"] for t in trials)
+    rate = rate_when_full(series, min(slots, len(trials)))
+    ideal = steps / rate["aggregate"]
+    wall = ended - started
+    return {
+        "trials": len(trials), "slots": slots, "steps": steps, "wall_s": wall,
+        "aggregate_steps_per_s": rate["aggregate"], "rate_window_s": rate["window_s"], "ideal_s": ideal,
+        "ratio": wall / ideal, "parts": parts,
+        "per_trial": {k: statistics.median(t.get(k, 0.0) for t in trials)
+                      for k in ("setup", "warmup", "evaluation", "checkpoint", "logging")},
+    }  # fmt: skip
+
+
+SWEEP_PARTS = ("start", "end", "set-up", "compile warm-up", "training", "evaluation", "checkpoints",
+               "logging", "idle slots")  # fmt: skip
+
+
 def overhead_fraction(overhead_s: float, steps: int, steps_per_s: float) -> float:
     """Share of a trial's wall time spent outside training steps."""
     return overhead_s / (overhead_s + steps / steps_per_s)

@@ -19,11 +19,13 @@ trial's results are in Tune's storage either way.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,6 +199,19 @@ class TrialRun:
     def __init__(self, client: MlflowClient, run_id: str):
         self.client, self.run_id = client, run_id
         self.failures = 0
+        self._background: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+
+    def log_in_background(self) -> None:
+        """From now on log_metrics returns at once: one thread of this run's own sends the metrics, in
+        order, with the same retries; every other call waits for what is queued first."""
+        self._background = self._background or ThreadPoolExecutor(1, thread_name_prefix="mlflow-metrics")
+
+    def flush(self) -> None:
+        """Wait until every queued log_metrics call has been sent (or given up on)."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
 
     @classmethod
     def find_or_create(
@@ -245,22 +260,33 @@ class TrialRun:
         stamp = int(time.time() * 1000)
         batch = [Metric(k, float(v), stamp, step) for k, v in metrics.items() if _is_number(v)]
         for i in range(0, len(batch), 900):  # MLflow takes at most 1000 metrics per batch
-            self._call(lambda chunk=batch[i : i + 900]: self.client.log_batch(self.run_id, metrics=chunk))
+            send = functools.partial(
+                self._call, lambda chunk=batch[i : i + 900]: self.client.log_batch(self.run_id, metrics=chunk)
+            )
+            if self._background is None:
+                send()
+            else:
+                self._pending = [f for f in self._pending if not f.done()] + [self._background.submit(send)]
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.flush()
         for key, value in tags.items():
             self._call(lambda k=key, v=value: self.client.set_tag(self.run_id, k, str(v)))
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        self.flush()
         self._call(lambda: self.client.log_artifact(self.run_id, str(path), folder))
 
     def log_artifacts(self, directory: Path, folder: str | None = None) -> None:
+        self.flush()
         self._call(lambda: self.client.log_artifacts(self.run_id, str(directory), folder))
 
     def log_table(self, frame, artifact_file: str) -> None:
+        self.flush()
         self._call(lambda: self.client.log_table(self.run_id, frame, artifact_file))
 
     def finish(self, status: str = "FINISHED") -> None:
+        self.flush()
         self._call(lambda: self.client.set_terminated(self.run_id, status=status))
 
 

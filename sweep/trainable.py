@@ -9,7 +9,9 @@ interval, the step (ASHA's clock) and the scheduler's metric. At ASHA's rungs it
 battery (a subset of eval, small MDNs, h in {1, 4}) and reports it under `probe/`, so the scheduler
 decides on `probe/objective/rollout_k4`; until the first rung every report carries the surrogate
 (`probe/measured` = 0 says so). Checkpoints (weights + AdamW state, resumable) come every
-`checkpoint_every` steps and at rungs; Tune keeps the latest. At the end: the full battery,
+`checkpoint_every` steps and at rungs; Tune keeps the latest. The periodic ones are written beside
+training (trial.CheckpointWriter) and go to Tune with the next report; MLflow's metrics go from a
+thread of the run's own (`--without background-io` puts both back in the loop, to measure them). At the end: the full battery,
 reconstruction metrics, rollout WAVs, written into the trial's folder in Tune's storage
 (`evaluation/`), logged to the trial's MLflow child run, and reported with the trained weights alone
 as the final checkpoint.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -50,6 +53,7 @@ from sweep.objective import (
 from sweep.tracking import TrialRun
 from sweep.trial import (
     EVALUATION_FOLDER,
+    CheckpointWriter,
     Clock,
     Diverged,
     Trial,
@@ -76,26 +80,34 @@ def train_trial(config: dict, context: TrialContext) -> None:
     node = {NODE_ID: ray.get_runtime_context().get_node_id()}  # which Ray node ran it (a retry may move it)
     if run:
         run.set_tags({"ray.node_id": node[NODE_ID]})
+    background = "background-io" not in context.without
+    if run and background:
+        run.log_in_background()
     clock = Clock()
     clock.totals["setup"] = time.perf_counter() - entered  # codec, VAE, MLflow run, restore; not Ray's part
     curves = {}
-    try:
-        for interval in train(trial, context.preset, clock):
-            curves = interval.curves
-            if interval.last:
-                break
-            logged = curves
-            if interval.rung:  # probe values go to MLflow under probe/ only, at their rung
-                trial.latest = clock.timed("probe", probe, trial, context)
-                logged = {**curves, **trial.latest}
-            if run:
-                clock.timed("logging", run.log_metrics, logged, interval.step)
-            metrics = {TIME_ATTR: interval.step, **curves, **pending(), **trial.latest, **node,
-                       WALL: time.time(), **clock.seconds()}  # fmt: skip
-            keep = trial.trainer if interval.checkpoint else None
-            clock.timed("checkpoint", _report, metrics, keep, trial.latest)
-    except Diverged as diverged:
-        return _end_diverged(diverged, run, trial.latest)
+    with CheckpointWriter() as writer:
+        try:
+            for interval in train(trial, context.preset, clock):
+                curves = interval.curves
+                if interval.last:
+                    break
+                logged = curves
+                if interval.rung:  # probe values go to MLflow under probe/ only, at their rung
+                    trial.latest = clock.timed("probe", probe, trial, context)
+                    logged = {**curves, **trial.latest}
+                if run:
+                    clock.timed("logging", run.log_metrics, logged, interval.step)
+                metrics = {TIME_ATTR: interval.step, **curves, **pending(), **trial.latest, **node,
+                           WALL: time.time(), **clock.seconds()}  # fmt: skip
+                # A rung's checkpoint goes with the rung's report (ASHA may stop the trial there); the
+                # periodic ones are written beside training and go with the first report after that.
+                keep = trial.trainer if interval.checkpoint and (interval.rung or not background) else None
+                if interval.checkpoint and keep is None:
+                    clock.timed("checkpoint", writer.start, trial.trainer, trial.latest)
+                clock.timed("checkpoint", _report, metrics, keep, trial.latest, writer.written())
+        except Diverged as diverged:
+            return _end_diverged(diverged, run, trial.latest)
     with tempfile.TemporaryDirectory() as scratch:
         final = _finish(trial, context, run, {**curves, **trial.latest, **node}, clock, Path(scratch))
         # GPU memory goes back before the last report: when Tune ends this worker right after it
@@ -157,13 +169,18 @@ def _child_run(context: TrialContext, params: TrialParams, name: str) -> TrialRu
         return None
 
 
-def _report(metrics: dict, trainer: VAETrainer | None, latest: dict) -> None:
-    if trainer is None:
+def _report(metrics: dict, trainer: VAETrainer | None, latest: dict, written: Path | None = None) -> None:
+    """Report `metrics` with a checkpoint: of `trainer` now, or else one written in the background."""
+    if trainer is not None:
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = write_checkpoint(Path(folder), trainer, latest)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint))
+    elif written is not None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(written))
+    else:
         tune.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        checkpoint = write_checkpoint(Path(folder), trainer, latest)
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint))
+    if written is not None:
+        shutil.rmtree(written.parent, ignore_errors=True)  # Tune has copied it into its storage
 
 
 def _release_device_memory() -> None:

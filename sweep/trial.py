@@ -16,21 +16,31 @@ import functools
 import json
 import logging
 import math
+import shutil
+import tempfile
 import time
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch._inductor.config
 
 from evaluation.diagnostics import BatteryConfig, run_battery
 from evaluation.trial import EvalConfig, TrialEvaluation, evaluate_vae
 from models.codec import CodecSpec, MimiCodec
 from models.runtime import pick_device
-from models.training import StepSettings, VAETrainer, load_checkpoint, save_checkpoint
+from models.training import (
+    StepSettings,
+    VAETrainer,
+    checkpoint_state,
+    load_checkpoint,
+    write_checkpoint_state,
+)
 from models.vae import BetaVAE, posterior_means
 from sweep.config import Preset, TrialParams, rung_steps, trial_number, trial_seed
 from sweep.features import CropSampler, FeatureCache
@@ -67,6 +77,7 @@ class TrialContext:
     keep_optimizer: bool = False  # the final checkpoint keeps AdamW's state too (--keep-checkpoints > 1)
     max_recon_mel: float = math.inf  # the constraint's bound (the driver resolves it: SweepPlan.recon_bound)
     tracking: SweepTracking | None = None  # None: no MLflow (the trainable alone, in tests)
+    without: tuple[str, ...] = ()  # speed-ups turned off to measure them (plan.SPEED_SWITCHES)
 
 
 @dataclass
@@ -117,6 +128,10 @@ def build_trial(config: dict, context: TrialContext, name: str, checkpoint: Path
         compile=context.step.compile, fused_optimizer=context.step.fused_optimizer and device.type == "cuda"
     )
     if settings.compile:
+        # Inductor's cache (on by default, shared by the machine's processes) hands a trial the kernels an
+        # earlier trial of the same shapes compiled; --without compile-cache measures what that saves.
+        if "compile-cache" in context.without:
+            torch._inductor.config.force_disable_caches = True
         torch._dynamo.reset()  # a reused worker's earlier trials would count towards the recompile limit
         # The STFT loss's complex ops run eagerly inside the compiled step, as measured in sweep.bench.
         warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for compl")
@@ -172,9 +187,52 @@ def restore(trainer: VAETrainer, folder: Path, train_steps: int) -> dict:
 def write_checkpoint(folder: Path, trainer: VAETrainer, probe: dict, optimizer: bool = True) -> Path:
     """A trial's checkpoint folder: the VAE (models.training's files; AdamW's state unless `optimizer` is
     False) and the latest probe values, which a restored trial reports until its next rung."""
-    save_checkpoint(trainer, folder / CHECKPOINT_MODEL, optimizer=optimizer)
+    return write_checkpoint_from(folder, checkpoint_state(trainer, optimizer=optimizer), probe)
+
+
+def write_checkpoint_from(folder: Path, state: dict, probe: dict) -> Path:
+    """write_checkpoint's folder from a checkpoint_state taken earlier (CheckpointWriter
+    writes a copy while training goes on)."""
+    write_checkpoint_state(state, folder / CHECKPOINT_MODEL)
     (folder / CHECKPOINT_PROBE).write_text(json.dumps(probe))
     return folder
+
+
+class CheckpointWriter:
+    """Resumable checkpoints written beside training: `start` copies the weights and AdamW's state where
+    they lie (on a GPU, milliseconds for a paper trial's 460 MB) and a thread of its own writes the copy
+    to a local folder while the next steps run; `written()` hands that folder over once it is complete,
+    for the next report to give Tune (which copies it into its storage). A newer start waits for the
+    older write, then replaces it; leaving the `with` block waits for a write under way and removes
+    what was never handed over."""
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-writer")
+        self._pending: Future | None = None
+
+    def start(self, trainer: VAETrainer, latest: dict) -> None:
+        self._discard()
+        state = checkpoint_state(trainer, copy=True)
+        folder = Path(tempfile.mkdtemp(prefix="sweep-checkpoint-")) / "checkpoint"
+        self._pending = self._pool.submit(write_checkpoint_from, folder, state, dict(latest))
+
+    def written(self) -> Path | None:
+        if self._pending is None or not self._pending.done():
+            return None
+        folder, self._pending = self._pending.result(), None
+        return folder
+
+    def _discard(self) -> None:
+        if self._pending is not None:
+            shutil.rmtree(self._pending.result().parent, ignore_errors=True)
+            self._pending = None
+
+    def __enter__(self) -> CheckpointWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._discard()
+        self._pool.shutdown(wait=True)
 
 
 def probe(trial: Trial, context: TrialContext) -> dict:
@@ -187,6 +245,7 @@ def probe(trial: Trial, context: TrialContext) -> dict:
     config = BatteryConfig(
         hidden=(preset.probe_hidden,) * 2, steps=preset.probe_mdn_steps, horizons=PROBE_HORIZONS,
         injection_steps=4, seed=params.seed, device=str(device),
+        cuda_graphs="battery-graphs" not in context.without,
     )  # fmt: skip
     battery = run_battery(
         posterior_means(trial.trainer.vae, [cache.latents(i) for i in train_ids], device),
@@ -201,6 +260,7 @@ def evaluate(trial: Trial, context: TrialContext, folder: Path) -> TrialEvaluati
     eval_ids = list(context.eval_ids)
     config = EvalConfig.sized(
         preset.battery_hidden, preset.battery_mdn_steps, params.seed, device,
+        cuda_graphs="battery-graphs" not in context.without,
         recon_utterances=preset.recon_utterances, audio_utterances=preset.audio_utterances,
     )  # fmt: skip
     return evaluate_vae(

@@ -1,5 +1,6 @@
 """Faults a long sweep meets: diverging training, bad audio files."""
 
+import json
 import shutil
 
 import numpy as np
@@ -146,8 +147,12 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path):
         ]
         for name, rows in trial_reports(experiment).items():
             if rows and rows[-1].get("checkpoint_dir_name") and rows[-1]["step"] < 80:
-                victim = (name, rows[-1]["pid"], rows[-1]["step"])
-                break
+                # the step the checkpoint holds: periodic checkpoints are written beside training and
+                # handed to Tune with the report after that, so it can be earlier than the report's
+                meta = experiment / name / rows[-1]["checkpoint_dir_name"] / "vae" / "meta.json"
+                if meta.is_file():
+                    victim = (name, rows[-1]["pid"], json.loads(meta.read_text())["step"])
+                    break
         time.sleep(0.3)
     os.kill(victim[1], signal.SIGKILL)
     assert driver.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-3000:]
@@ -157,7 +162,7 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path):
     pids = [r["pid"] for r in rows]
     assert len(set(pids)) == 2 and rows[-1]["status"] == "completed"
     first_after = next(r for r in rows if r["pid"] != victim[1])
-    assert first_after["step"] > victim[2]  # resumed after the checkpoint it had, not from step 0
+    assert first_after["step"] > victim[2] > 0  # resumed after the checkpoint it had, not from step 0
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     children = client.search_runs(
         [client.get_experiment_by_name("kill-worker").experiment_id], f"tags.`{ROLE_TAG}` = 'trial'"

@@ -8,7 +8,14 @@ import pytest
 from sweep.console import projection
 from sweep.launch import parse_args
 from sweep.plan import make_plan
-from sweep.throughput import aggregate_rate, overhead_fraction, project_sweep, rate_at
+from sweep.throughput import (
+    aggregate_rate,
+    overhead_fraction,
+    project_sweep,
+    rate_at,
+    rate_when_full,
+    sweep_breakdown,
+)
 
 
 def test_aggregate_rate_sums_the_trials_over_their_common_window():
@@ -23,6 +30,69 @@ def test_aggregate_rate_sums_the_trials_over_their_common_window():
 def test_aggregate_rate_refuses_trials_that_never_ran_together():
     with pytest.raises(ValueError, match="do not overlap"):
         aggregate_rate([[(0, 0), (1, 10)], [(5, 0), (6, 10)]])
+
+
+def test_rate_when_full_counts_only_the_stretches_with_every_slot_training():
+    # two slots; a and b train together over [2, 10]; c alone over [12, 20]
+    a = [(t, 10 * t) for t in range(0, 11, 2)]
+    b = [(t, 20 * (t - 2)) for t in range(2, 11, 2)]
+    c = [(t, 5 * (t - 12)) for t in range(12, 21, 2)]
+    rate = rate_when_full([a, b, c], slots=2)
+    assert rate["window_s"] == 8 and rate["aggregate"] == pytest.approx(30)
+    with pytest.raises(ValueError, match="no stretch"):
+        rate_when_full([a, c], slots=2)
+
+
+def _trial(begin: float, warmup: float, steps: int, rate: float, after: float) -> list[dict]:
+    """Tune's reports of one trial: built 2 s after `begin`, compiled for `warmup` s, trained `steps` at
+    `rate` (a report every 100 steps), then `after` s of evaluation (3/4) and final logging (1/4)."""
+    start = begin + 2 + warmup
+    rows = []
+    for step in range(100, steps + 1, 100):
+        wall = start + step / rate
+        rows.append(
+            {
+                "step": step,
+                "time/wall": wall,
+                "time_total_s": wall - begin,
+                "time/train": warmup + step / rate,
+            }
+        )
+    train = warmup + steps / rate
+    final = {
+        "step": steps,
+        "wall": start + steps / rate + after,
+        "status": "completed",
+        "time_total_s": 2 + train + after,
+        "time/setup": 2.0,
+        "time/train": train,
+        "time/evaluation": 0.75 * after,
+        "time/logging": 0.25 * after,
+        "time/evaluation/battery": 1.0,
+    }
+    return rows + [final]  # fmt: skip
+
+
+def test_sweep_breakdown_accounts_for_the_whole_wall_time():
+    # 2 slots, 3 trials of 1000 steps at 10 steps/s each (20 together): t1 and t2 start at 5 s, t3 when
+    # t1's slot frees (1 s of worker start-up later); 20 s compile in the first wave, 5 s once warm
+    reports = {
+        "t1": _trial(5, 20, 1000, 10, after=8),
+        "t2": _trial(5, 20, 1000, 10, after=8),
+        "t3": _trial(5 + 2 + 20 + 100 + 8 + 1, 5, 1000, 10, after=8),
+    }
+    end_t3 = 136 + 2 + 5 + 100 + 8
+    out = sweep_breakdown(reports, slots=2, started=0.0, ended=end_t3 + 4)
+    parts = out["parts"]
+    assert sum(parts.values()) == pytest.approx(out["wall_s"]) and out["wall_s"] == pytest.approx(end_t3 + 4)
+    assert parts["start"] == pytest.approx(5) and parts["end"] == pytest.approx(4)
+    assert parts["compile warm-up"] == pytest.approx((20 + 20 + 5) / 2, abs=0.5)
+    assert parts["set-up"] == pytest.approx(3 * 2 / 2) and parts["evaluation"] == pytest.approx(3 * 6 / 2)
+    assert parts["logging"] == pytest.approx(3 * 2 / 2)
+    assert out["steps"] == 3000 and out["aggregate_steps_per_s"] == pytest.approx(20)
+    assert out["ideal_s"] == pytest.approx(150) and out["ratio"] == pytest.approx(out["wall_s"] / 150)
+    # t3 runs alone: its slot partner's span is idle, as is the worker start-up gap
+    assert parts["idle slots"] == pytest.approx((1 + (2 + 5 + 100 + 8)) / 2, abs=0.5)
 
 
 def test_projection_closed_forms():

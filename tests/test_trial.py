@@ -2,6 +2,7 @@
 checkpoints, divergence, and the checkpoint a trial resumes from."""
 
 import math
+import time
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from models.codec import MimiCodec
 from models.training import VAETrainer
 from models.vae import BetaVAE, VAEConfig
 from sweep.config import PRESETS, TrialParams
-from sweep.trial import Diverged, Trial, restore, train, write_checkpoint
+from sweep.trial import CheckpointWriter, Diverged, Trial, restore, train, write_checkpoint
 
 PRESET = PRESETS["smoke"]  # 40 steps, a report every 5, a checkpoint every 20
 NAMES = ("train/loss", "train/kl")
@@ -100,3 +101,33 @@ def test_a_weights_only_checkpoint_cannot_continue_training(codec, tmp_path):
     with pytest.raises(RuntimeError, match="no optimizer state"):
         restore(tiny_trainer(codec), tmp_path, train_steps=40)
     assert restore(tiny_trainer(codec), tmp_path, train_steps=20) == {}  # finished: evaluates again
+
+
+def test_a_checkpoint_written_beside_training_holds_the_state_it_was_started_at(codec, tmp_path):
+    """CheckpointWriter copies the weights and AdamW's state when started; training that goes on while
+    its thread writes changes nothing in the folder it hands over, and the folder resumes a trial."""
+    trainer = tiny_trainer(codec, step=20)
+    for p in trainer.vae.parameters():  # AdamW gets state to save (zero gradients: the weights stay)
+        p.grad = torch.zeros_like(p)
+    trainer.optimizer.step()
+    before = {k: v.clone() for k, v in trainer.vae.state_dict().items()}
+    probe = {"probe/measured": 1.0}
+    with CheckpointWriter() as writer:
+        writer.start(trainer, probe)
+        with torch.no_grad():  # "training" goes on at once
+            for p in trainer.vae.parameters():
+                p.add_(1.0)
+        trainer.step = 25
+        probe["probe/measured"] = 2.0
+        deadline = time.monotonic() + 60
+        while (folder := writer.written()) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        resumed = tiny_trainer(codec)
+        assert restore(resumed, folder, train_steps=40) == {"probe/measured": 1.0}
+        assert resumed.step == 20 and resumed.optimizer.state_dict()["state"]
+        for name, value in resumed.vae.state_dict().items():
+            assert torch.equal(value, before[name]), name
+        writer.start(trainer, probe)  # one more, never handed over: removed on leaving the block
+        started = writer._pending.result()
+    assert not started.exists() and folder.exists()  # handing over makes it the caller's
