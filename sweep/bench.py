@@ -48,12 +48,15 @@ from sweep.corpus import write_corpus
 from sweep.data import DataError, discover_audio, select_utterances, split_by_speaker
 from sweep.errors import report_usage_error
 from sweep.features import CropSampler, prepare_data
+from sweep.objective import COMPLETED, STATUS
+from sweep.plan import SPEED_SWITCHES, TRIALS_PER_GPU
+from sweep.spaces import SPACES, grid_size
 from sweep.sync import trial_reports
-from sweep.throughput import markdown, overhead_table, summarise_trials
+from sweep.throughput import markdown, overhead_table, summarise_trials, sweep_breakdown
 
 log = logging.getLogger("sweep.bench")
 
-PARTS = ("tune", "step", "battery")
+PARTS = ("tune", "sweep", "step", "battery")
 MPS_CHOICES = {"off": (False,), "on": (True,), "both": (False, True)}
 
 
@@ -73,6 +76,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mps", choices=list(MPS_CHOICES), default="off", help="tune: with an MPS daemon or not")
     p.add_argument("--tune-steps", type=int, default=1500 if cuda else 8, help="tune: VAE steps per trial")
     p.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="tune: CPUs shared by the trials")
+    p.add_argument(
+        "--space", default="beta_dim", help="sweep: the space whose grid it runs (baseline: repeats)"
+    )
+    p.add_argument(
+        "--sweep-trials", type=int, help="sweep: trials (default: the grid once; baseline: 4 per GPU)"
+    )
+    p.add_argument(
+        "--sweep-steps", type=int, default=2000 if cuda else 8, help="sweep: what 10k steps stand for"
+    )
+    p.add_argument("--without", default="", help="sweep: speed-ups to turn off (sweep.launch --without)")
     p.add_argument("--step-steps", type=int, default=300 if cuda else 3, help="step: timed steps per variant")
     p.add_argument("--warmup-steps", type=int, default=10 if cuda else 1, help="step: untimed steps first")
     p.add_argument("--battery-utterances", type=int, default=5000)
@@ -89,10 +102,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_sweep_args(args: argparse.Namespace) -> None:
+    """The sweep part's flags, checked before anything is measured (ValueError: one line, exit 2)."""
+    if args.space not in SPACES:
+        raise ValueError(f"--space {args.space}: not a space; choose from {', '.join(SPACES)}.")
+    grid = grid_size(args.space)
+    if args.sweep_trials is not None and (args.sweep_trials < 1 or args.sweep_trials % grid):
+        raise ValueError(
+            f"--sweep-trials {args.sweep_trials}: give a multiple of the {args.space} grid ({grid})."
+        )
+    bad = sorted(set(filter(None, args.without.split(","))) - set(SPEED_SWITCHES))
+    if bad:
+        raise ValueError(
+            f"--without {','.join(bad)}: not a speed switch; choose from {', '.join(SPEED_SWITCHES)}."
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
     try:
+        check_sweep_args(args)
         device = pick_device(args.device)
         if args.data and not Path(args.data).is_dir():
             raise DataError(f"--data {args.data}: no such folder. Pass a folder of wav/flac files.")
@@ -115,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
                 same = [e for e in results.get("tune", []) if (e["trials"], e["mps"]) == (n, mps)]
                 results["tune"] = [e for e in results.get("tune", []) if e not in same] + [entry]
                 _save(out, results, preset)  # each measurement is kept, whatever happens next
+    if "sweep" in parts:
+        for mps in MPS_CHOICES[args.mps]:
+            entry = _sweep_run(args, device, data, workdir, mps)
+            same = [e for e in results.get("sweeps", []) if _sweep_key(e) == _sweep_key(entry)]
+            results["sweeps"] = [e for e in results.get("sweeps", []) if e not in same] + [entry]
+            _save(out, results, preset)
     if "step" in parts:
         results["step"] = bench_step(args, preset, device, data, workdir)
         _save(out, results, preset)
@@ -157,12 +193,7 @@ def _tune_run(args, device: torch.device, data: Path, workdir: Path, n: int, mps
         "--mlflow-uri", f"sqlite:///{workdir / 'mlflow.db'}", "--cache", str(workdir / "cache"),
     ] + (["--mps"] if mps else [])  # fmt: skip
     log.info("tune: %d trial(s) at %.3g GPU, %d CPUs each, MPS %s", n, gpus, cpus, "on" if mps else "off")
-    logfile = workdir / f"{experiment}.log"
-    started = time.time()
-    with logfile.open("w") as out:
-        code = subprocess.run(
-            [sys.executable, "-m", "sweep.launch", *argv], cwd=workdir, stdout=out, stderr=subprocess.STDOUT
-        ).returncode
+    started, code, logfile = _launch(argv, workdir, experiment)
     wall = time.time() - started
     if code != 0:
         tail = "".join(logfile.read_text().splitlines(keepends=True)[-40:])
@@ -176,6 +207,67 @@ def _tune_run(args, device: torch.device, data: Path, workdir: Path, n: int, mps
         "sweep_wall_s": wall,
         **entry,
     }
+
+
+# ---------------------------------------------------------------- sweep: a whole sweep, where its time went
+
+
+def _sweep_run(args, device: torch.device, data: Path, workdir: Path, mps: bool) -> dict:
+    """A grid sweep of `--space` through the service as a user runs it (`--scheduler none`, the default
+    packing of 4 trials per GPU on every GPU), timed from launch to exit and taken apart."""
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    grid = grid_size(args.space)
+    trials = args.sweep_trials or (TRIALS_PER_GPU * max(1, gpus) if grid == 1 else grid)
+    if trials % grid:
+        raise SystemExit(
+            f"error: --sweep-trials {trials} is not a multiple of the {args.space} grid ({grid})."
+        )
+    slots = min(trials, TRIALS_PER_GPU * gpus) if gpus else min(trials, args.cpus)
+    experiment = f"bench-sweep-{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
+    argv = [
+        "--space", args.space, "--search", "grid", "--num-samples", str(trials // grid),
+        "--preset", args.preset, "--codec", args.codec, "--data", str(data), "--steps", str(args.sweep_steps),
+        "--scheduler", "none",
+        "--cpus-per-trial", str(max(1, args.cpus // slots)), "--no-dashboard", "--experiment", experiment,
+        "--storage", str(workdir / "results"), "--mlflow-uri", f"sqlite:///{workdir / 'mlflow.db'}",
+        "--cache", str(workdir / "cache"),
+    ] + (["--mps"] if mps else []) + (["--without", args.without] if args.without else [])  # fmt: skip
+    if not gpus:
+        argv += ["--gpus-per-trial", "0"]
+    log.info(
+        "sweep: %d trials of %s, %d at a time, MPS %s", trials, args.space, slots, "on" if mps else "off"
+    )
+    started, code, logfile = _launch(argv, workdir, experiment)
+    ended = time.time()
+    if code != 0:
+        raise RuntimeError(f"the sweep failed (exit {code}); see {logfile}")
+    reports = trial_reports(workdir / "results" / experiment)
+    errored = [name for name, rows in reports.items() if rows[-1].get(STATUS) != COMPLETED]
+    entry = sweep_breakdown(reports, slots, started, ended)
+    return {"space": args.space, "sweep_steps": args.sweep_steps, "mps": mps, "without": args.without,
+            "gpus": gpus, "errored": errored, "log": str(logfile), **entry}  # fmt: skip
+
+
+def _sweep_key(entry: dict) -> tuple:
+    return (
+        entry["space"],
+        entry["trials"],
+        entry["sweep_steps"],
+        entry["mps"],
+        entry["without"],
+        entry["gpus"],
+    )
+
+
+def _launch(argv: list[str], workdir: Path, experiment: str) -> tuple[float, int, Path]:
+    """Run `python -m sweep.launch argv` in `workdir`, its output into a log file: (start, exit code, log)."""
+    logfile = workdir / f"{experiment}.log"
+    started = time.time()
+    with logfile.open("w") as out:
+        code = subprocess.run(
+            [sys.executable, "-m", "sweep.launch", *argv], cwd=workdir, stdout=out, stderr=subprocess.STDOUT
+        ).returncode
+    return started, code, logfile
 
 
 # ---------------------------------------------------------------- step: one process, each variant

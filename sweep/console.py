@@ -64,8 +64,10 @@ def describe(plan: SweepPlan, cpus: int, gpus: int) -> str:
 
 
 def projection(plan: SweepPlan, cpus: int, gpus: int, bench_file: Path, device_name: str | None) -> str:
-    """The sweep's wall time from the rates sweep.bench measured on this kind of GPU (--dry-run)."""
-    from sweep.throughput import project_sweep
+    """The sweep's wall time from what sweep.bench measured on this kind of GPU (--dry-run): the rates
+    of its tune and sweep parts, and from its newest whole sweep the time a trial holds its slot outside
+    training and the sweep's start and end (else the tune part's per-trial estimate)."""
+    from sweep.throughput import project_sweep, sweep_overheads
 
     head = "  projection  "
     if plan.gpus_per_trial == 0 or not gpus:
@@ -74,25 +76,38 @@ def projection(plan: SweepPlan, cpus: int, gpus: int, bench_file: Path, device_n
         return head + f"no measured rates in {bench_file}: run `python -m sweep.bench` here (~12 min) first"
     bench = json.loads(bench_file.read_text())
     measured = [e for e in bench.get("tune", []) if e["mps"] == plan.mps]
-    if not measured:
+    sweeps = [e for e in bench.get("sweeps", []) if e["mps"] == plan.mps and not e["without"] and e["gpus"]]
+    if not measured and not sweeps:
         return (
             head + f"{bench_file} has no runs with MPS {'on' if plan.mps else 'off'}: sweep.bench --mps ..."
         )
     per_gpu = max(1, round(1 / plan.gpus_per_trial))
     # Trials spread over the GPUs: k running trials are k / gpus per GPU, each GPU at its measured rate.
     rates = {e["trials"] * gpus: e["aggregate_steps_per_s"] * gpus for e in measured}
-    nearest = min(measured, key=lambda e: abs(e["trials"] - per_gpu))
-    overheads = {r["trials"]: r["outside_total_s"] for r in bench.get("overhead", []) if r["mps"] == plan.mps}
-    overhead = overheads.get(nearest["trials"], 0.0)
+    rates |= {e["slots"] // e["gpus"] * gpus: e["aggregate_steps_per_s"] / e["gpus"] * gpus for e in sweeps}
+    if sweeps:
+        newest = sweeps[-1]
+        overhead, fixed = sweep_overheads(newest)
+        source = (
+            f"{overhead:.0f} s outside training per trial and {fixed:.0f} s to start and end, as in a "
+            f"{newest['trials']}-trial sweep"
+        )
+    else:
+        overheads = {
+            r["trials"]: r["outside_total_s"] for r in bench.get("overhead", []) if r["mps"] == plan.mps
+        }
+        nearest = min(measured, key=lambda e: abs(e["trials"] - per_gpu))
+        overhead, fixed = overheads.get(nearest["trials"], 0.0), 0.0
+        source = f"{overhead:.0f} s outside training per trial"
     slots = plan.trials_at_once(cpus, gpus)
-    seconds = project_sweep(plan.trial_steps(), slots, rates, overhead)
+    seconds = fixed + project_sweep(plan.trial_steps(), slots, rates, overhead)
     where = bench["machine"]["device"]
     caveat = "" if where == device_name else f" (measured on {where}, this is {device_name}: a rough guide)"
-    together = nearest["aggregate_steps_per_s"] * gpus
+    together = rates[min(rates, key=lambda n: abs(n - per_gpu * gpus))]
     return (
         f"{head}about {seconds / 3600:.1f} h ({seconds / 60:.0f} min) for {plan.trial_count} trials, "
-        f"{slots} at a time: {together:.0f} VAE steps/s together at {nearest['trials']} trials/GPU, "
-        f"{overhead:.0f} s outside training per trial; no early stopping counted (ASHA shortens it).\n"
+        f"{slots} at a time: {together:.0f} VAE steps/s together at {per_gpu} trials/GPU on {gpus} GPU(s), "
+        f"{source}; no early stopping counted (ASHA shortens it).\n"
         f"{'':14s}From {bench_file} ({where}, {bench.get('updated', '?')}){caveat}"
     )
 

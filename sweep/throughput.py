@@ -125,6 +125,14 @@ def sweep_breakdown(reports: dict[str, list[dict]], slots: int, started: float, 
     }  # fmt: skip
 
 
+def sweep_overheads(entry: dict) -> tuple[float, float]:
+    """From a sweep_breakdown: (seconds a trial holds its slot outside training, on average; the sweep's
+    fixed start and end). What project_sweep needs besides the rates."""
+    parts = entry["parts"]
+    outside = sum(v for k, v in parts.items() if k not in ("start", "end", "training"))
+    return outside * entry["slots"] / entry["trials"], parts["start"] + parts["end"]
+
+
 SWEEP_PARTS = ("start", "end", "set-up", "compile warm-up", "training", "evaluation", "checkpoints",
                "logging", "idle slots")  # fmt: skip
 
@@ -316,6 +324,23 @@ def markdown(results: dict) -> str:
                     "peak": "peak GiB/trial",
                 },
             ),  # fmt: skip
+        ]
+    if results.get("sweeps"):
+        rows = [
+            {"space": e["space"], "trials": e["trials"], "steps": e["steps"] // e["trials"],
+             "GPUs": e["gpus"], "MPS": "on" if e["mps"] else "off", "without": e["without"] or "-",
+             "wall s": e["wall_s"], "training at the aggregate rate s": e["ideal_s"], "ratio": e["ratio"],
+             "aggregate steps/s": e["aggregate_steps_per_s"], "errored": len(e["errored"])}
+            for e in results["sweeps"]
+        ]  # fmt: skip
+        parts = [{"space": e["space"], "trials": e["trials"], "without": e["without"] or "-", **e["parts"]}
+                 for e in results["sweeps"]]  # fmt: skip
+        out += [
+            "\n## Whole sweeps through sweep.launch (--scheduler none): wall time against training alone\n",
+            _table(pd.DataFrame(rows)),
+            "\nWhere the wall time went (seconds; slot time divided by the slots, so the columns add up to"
+            " the wall time):\n",
+            _table(pd.DataFrame(parts)),
         ]
     if results.get("overhead"):
         rows = [

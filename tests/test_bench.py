@@ -15,6 +15,7 @@ def test_bench_runs_every_part_on_the_cpu_and_writes_json(corpus_dir, tmp_path, 
         # 40 steps (~7 s on 2 cores): long enough that the two trials' training overlaps despite
         # their staggered starts (8 steps did not, once: the aggregate needs a common window)
         "--trials", "2", "--tune-steps", "40", "--step-steps", "3", "--warmup-steps", "1",
+        "--space", "baseline", "--sweep-trials", "2", "--sweep-steps", "40",
         "--agreement-steps", "3", "--battery-utterances", "20", "--battery-seconds", "4",
         "--battery-hidden", "16", "--battery-steps", "20",
         "--workdir", str(tmp_path / "work"), "--out", str(out),
@@ -38,12 +39,18 @@ def test_bench_runs_every_part_on_the_cpu_and_writes_json(corpus_dir, tmp_path, 
         0 < overhead["fraction"] < 1
         and overhead["outside_s"]["battery"] == results["battery"]["seconds_total"]
     )
+    (sweep,) = results["sweeps"]
+    assert sweep["trials"] == 2 and sweep["steps"] == 80 and sweep["errored"] == [] and sweep["gpus"] == 0
+    assert sum(sweep["parts"].values()) == pytest.approx(sweep["wall_s"], rel=1e-6)
+    assert sweep["ideal_s"] == pytest.approx(80 / sweep["aggregate_steps_per_s"]) and sweep["ratio"] > 1
+    assert sweep["parts"]["start"] > 0 and sweep["parts"]["evaluation"] > 0
     printed = capsys.readouterr().out
     for heading in (
         "## One trial",
         "## Battery at scale",
         "## N trials sharing one GPU",
         "## Outside training",
+        "## Whole sweeps",
     ):
         assert heading in printed
 
@@ -58,6 +65,11 @@ def test_bench_runs_every_part_on_the_cpu_and_writes_json(corpus_dir, tmp_path, 
     [
         (["--data", "/no/such/folder"], "--data /no/such/folder: no such folder"),
         (["--device", "tpu"], "device 'tpu' is not one of"),
+        (
+            ["--space", "beta_dim", "--sweep-trials", "20"],
+            "--sweep-trials 20: give a multiple of the beta_dim grid (16)",
+        ),
+        (["--without", "mps"], "--without mps: not a speed switch"),
     ],  # fmt: skip
 )
 def test_bad_bench_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):

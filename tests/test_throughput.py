@@ -6,6 +6,7 @@ import json
 import pytest
 
 from sweep.console import projection
+from sweep.errors import UsageError
 from sweep.launch import parse_args
 from sweep.plan import make_plan
 from sweep.throughput import (
@@ -132,9 +133,31 @@ def test_dry_run_projects_the_grid_from_measured_rates(corpus_dir, tmp_path):
     text = projection(plan, 16, 1, bench, "NVIDIA H200")
     expected = project_sweep([10_000, 50_000] * 16, 4, {1: 100.0, 4: 160.0}, 60.0)
     assert f"about {expected / 3600:.1f} h ({expected / 60:.0f} min) for 32 trials, 4 at a time" in text
-    assert "160 VAE steps/s together at 4 trials/GPU, 60 s outside training" in text
+    assert "160 VAE steps/s together at 4 trials/GPU on 1 GPU(s), 60 s outside training per trial" in text
+    # a whole sweep measured (on 2 GPUs): its rate per GPU, its time outside training, its start and end
+    sweep = {"space": "beta_dim", "trials": 16, "slots": 8, "gpus": 2, "mps": False, "without": "",
+             "aggregate_steps_per_s": 340.0, "parts": {"start": 20.0, "end": 10.0, "training": 90.0,
+             "set-up": 5.0, "compile warm-up": 10.0, "evaluation": 12.0, "checkpoints": 1.0,
+             "logging": 1.0, "idle slots": 3.0}}  # fmt: skip
+    bench.write_text(json.dumps({**json.loads(bench.read_text()), "sweeps": [sweep]}))
+    per_trial = (5 + 10 + 12 + 1 + 1 + 3) * 8 / 16
+    text = projection(dataclasses.replace(plan, cpus_per_trial=1), 32, 2, bench, "NVIDIA H200")
+    expected = 30 + project_sweep([10_000, 50_000] * 16, 8, {2: 200.0, 8: 340.0}, per_trial)
+    assert f"about {expected / 3600:.1f} h ({expected / 60:.0f} min) for 32 trials, 8 at a time" in text
+    assert f"{per_trial:.0f} s outside training per trial and 30 s to start and end" in text
     assert "rough guide" in projection(plan, 16, 1, bench, "NVIDIA A10G")
     assert "no runs with MPS on" in projection(
         dataclasses.replace(plan, mps=True), 16, 1, bench, "NVIDIA H200"
     )
     assert "for GPU sweeps only" in projection(plan, 16, 0, bench, None)
+
+
+def test_speed_switches_are_named_and_checked(corpus_dir, tmp_path):
+    argv = ["--space", "beta_dim", "--data", str(corpus_dir)]
+    plan = make_plan(parse_args([*argv, "--without", "compile-cache,battery-graphs"]), tmp_path)
+    assert (
+        plan.without == ["compile-cache", "battery-graphs"]
+        and make_plan(parse_args(argv), tmp_path).without == []
+    )
+    with pytest.raises(UsageError, match="--without mps: not a speed switch; choose from compile-cache, "):
+        make_plan(parse_args([*argv, "--without", "mps"]), tmp_path)
