@@ -2,6 +2,7 @@
 checkpoints, divergence, and the checkpoint a trial resumes from."""
 
 import math
+import shutil
 import time
 
 import pytest
@@ -131,3 +132,4 @@ def test_a_checkpoint_written_beside_training_holds_the_state_it_was_started_at(
         writer.start(trainer, probe)  # one more, never handed over: removed on leaving the block
         started = writer._pending.result()
     assert not started.exists() and folder.exists()  # handing over makes it the caller's
+    shutil.rmtree(folder.parent)
