@@ -11,10 +11,10 @@ decides on `probe/objective/rollout_k4`; until the first rung every report carri
 (`probe/measured` = 0 says so). Checkpoints (weights + AdamW state, resumable) come every
 `checkpoint_every` steps and at rungs; Tune keeps the latest. The periodic ones are written beside
 training (trial.CheckpointWriter) and go to Tune with the next report; MLflow's metrics go from a
-thread of the run's own (`--without background-io` puts both back in the loop, to measure them). At the end: the full battery,
-reconstruction metrics, rollout WAVs, written into the trial's folder in Tune's storage
-(`evaluation/`), logged to the trial's MLflow child run, and reported with the trained weights alone
-as the final checkpoint.
+thread of the run's own (`--without background-io` puts both back in the loop, to measure them).
+At the end: the full battery, reconstruction metrics, rollout WAVs, written into the trial's folder
+in Tune's storage (`evaluation/`), logged to the trial's MLflow child run, and reported with the
+trained weights alone as the final checkpoint.
 
 A loss that turns non-finite ends the trial cleanly as `diverged`: its last finite curves and the
 non-finite value are recorded, the searcher gets the surrogate, the sweep goes on.
@@ -114,7 +114,7 @@ def train_trial(config: dict, context: TrialContext) -> None:
         # (ASHA's max_t, the sweep's end), a training thread still holding CUDA tensors aborts the
         # process on its way out ("Fatal Python error: Aborted" in THPVariable_clear, seen on an H100).
         del trial
-        _release_device_memory()
+        clock.timed("checkpoint", _release_device_memory)
         checkpoint = tune.Checkpoint.from_directory(Path(scratch) / "checkpoint")
         tune.report({**final, **clock.seconds()}, checkpoint=checkpoint)
 
@@ -132,11 +132,13 @@ def _finish(trial: Trial, context: TrialContext, run, reported: dict, clock: Clo
     if device.type == "cuda":  # what fractional GPUs do not limit (ray#5902): sweep.bench reads it
         final["gpu/peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     final[STATUS] = COMPLETED
-    files = write_trial_files(evaluation, folder)
+    files = clock.timed("evaluation", write_trial_files, evaluation, folder)  # tables, plots, report
     clock.timed("checkpoint", persist_trial_folder, folder)
     if run:
         clock.timed("logging", _log_final, run, final, evaluation, files, trainer.step)
-    write_checkpoint(scratch / "checkpoint", trainer, trial.latest, optimizer=context.keep_optimizer)
+    clock.timed(
+        "checkpoint", write_checkpoint, scratch / "checkpoint", trainer, trial.latest, context.keep_optimizer
+    )
     return final
 
 
