@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -97,9 +98,14 @@ def _run(
     verbose: bool = False,
 ) -> int:
     try:
-        check_reachable(plan.mlflow_uri)
-        info = _start_ray(address, dashboard, plan, dashboard_host, worker_env, verbose)
-        context, tags = _prepare(plan)
+        if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():  # a cluster: checked first
+            info = _start_ray(address, dashboard, plan, dashboard_host, worker_env, verbose)
+            context, tags = _check_and_prepare(plan)
+        else:  # a local Ray starts while a thread checks MLflow and prepares the data (seconds each)
+            with ThreadPoolExecutor(1, thread_name_prefix="prepare") as pool:
+                prepared = pool.submit(_check_and_prepare, plan)
+                info = _start_ray(address, dashboard, plan, dashboard_host, worker_env, verbose)
+                context, tags = prepared.result()
         if not is_uri(plan.storage):
             Path(plan.storage).mkdir(parents=True, exist_ok=True)
         check_visible_everywhere(
@@ -156,6 +162,11 @@ def _parent_params(plan: SweepPlan) -> dict:
         "constraint": plan.describe_constraint(),
         **{f"fixed.{k}": v for k, v in plan.fixed.items()},
     }
+
+
+def _check_and_prepare(plan: SweepPlan) -> tuple[TrialContext, dict]:
+    check_reachable(plan.mlflow_uri)
+    return _prepare(plan)
 
 
 def _prepare(plan: SweepPlan) -> tuple[TrialContext, dict]:
@@ -299,7 +310,7 @@ def _new_tuner(plan: SweepPlan, trainable, tracking: SweepTracking, verbose: boo
         tune_config=tune.TuneConfig(
             search_alg=searcher(plan),
             scheduler=scheduler(plan),
-            num_samples=plan.num_samples,
+            num_samples=plan.trial_count,  # a grid: its points times its repeats (OrderedGrid)
             max_concurrent_trials=plan.max_concurrent,
             # A GPU trial gets a fresh worker process: Tune runs each trial of a reused worker in a new
             # thread, and the compiled step's CUDA-graph trees live in the thread-local storage of the

@@ -111,10 +111,12 @@ class SweepPlan:
         return rung_steps(train_steps, self.preset.probe_first) if self.scheduler == "asha" else []
 
     def max_train_steps(self) -> int:
-        step_values = (
-            spaces.PARAMS["steps"].values if "steps" in self.varied else (self.fixed.get("steps", 10_000),)
+        return max(
+            TrialParams.from_config({"steps": s}, self.preset).train_steps for s in self._step_values()
         )
-        return max(TrialParams.from_config({"steps": s}, self.preset).train_steps for s in step_values)
+
+    def _step_values(self) -> tuple[int, ...]:
+        return spaces.PARAMS["steps"].values if "steps" in self.varied else (self.fixed.get("steps", 10_000),)
 
     def trials_at_once(self, cpus: int, gpus: int) -> int:
         """How many trials Ray can run at a time with `cpus` and `gpus`."""
@@ -127,11 +129,12 @@ class SweepPlan:
 
     def trial_steps(self) -> list[int]:
         """Each trial's VAE steps, in the order a grid runs them (Optuna: the step values in turn)."""
-        values = (
-            spaces.PARAMS["steps"].values if "steps" in self.varied else (self.fixed.get("steps", 10_000),)
-        )
-        steps = [TrialParams.from_config({"steps": v}, self.preset).train_steps for v in values]
-        return [steps[i % len(steps)] for i in range(self.trial_count)]
+        options = self._step_values()
+        if self.search == "grid":
+            values = [p.get("steps", options[0]) for p in spaces.grid_points(self.space, self.num_samples)]
+        else:
+            values = [options[i % len(options)] for i in range(self.trial_count)]
+        return [TrialParams.from_config({"steps": v}, self.preset).train_steps for v in values]
 
     def save(self) -> None:
         storage.write_text(storage.join(self.experiment_dir, PLAN_FILE), json.dumps(asdict(self), indent=2))

@@ -7,9 +7,12 @@ grid) under the reconstruction constraint, and ASHA on the probes' k=4 rollout (
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from sweep import spaces
@@ -62,14 +65,49 @@ class ConstrainedOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
+class OrderedGrid(Searcher):
+    """A grid sweep's points in the order spaces.grid_points gives them (longest trials first, the
+    compiled step's shapes in turn), one per trial; Tune's own grid_search would vary beta fastest.
+    Its state (the points, how many were handed out) is saved with Tune's, so --resume goes on."""
+
+    def __init__(self, points: list[dict]):
+        super().__init__()
+        self.points, self.handed_out = [dict(p) for p in points], 0
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the points are the space; the scheduler has the metric
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if self.handed_out >= len(self.points):
+            return Searcher.FINISHED
+        self.handed_out += 1
+        return dict(self.points[self.handed_out - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
+
+    def get_state(self) -> dict:
+        return {"points": self.points, "handed_out": self.handed_out}
+
+    def set_state(self, state: dict) -> None:
+        self.points, self.handed_out = state["points"], state["handed_out"]
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps(self.get_state()))
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.set_state(json.loads(Path(checkpoint_path).read_text()))
+
+
 def param_space(plan: SweepPlan) -> dict:
-    """Tune's param space: the plan's named space for its search (grid or Optuna)."""
-    return spaces.SPACES[plan.space](plan.search)
+    """Tune's param space: the plan's named space for Optuna; none for a grid (OrderedGrid hands out
+    its points)."""
+    return {} if plan.search == "grid" else spaces.SPACES[plan.space](plan.search)
 
 
 def searcher(plan: SweepPlan):
     if plan.search == "grid":
-        return None
+        return OrderedGrid(spaces.grid_points(plan.space, plan.num_samples, plan.fixed))
     import optuna
 
     storage = optuna.storages.RDBStorage(plan.optuna_uri)

@@ -10,6 +10,7 @@ paper-scale; the preset scales them (sweep/config.py).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -116,6 +117,32 @@ def check_space(name: str) -> None:
 
 def grid_size(name: str) -> int:
     return math.prod(len(p.values) for p in space_params(name))
+
+
+def grid_points(name: str, repeats: int = 1, fixed: dict | None = None) -> list[dict]:
+    """The grid of space `name`, each point `repeats` times, in the order a sweep runs it: the longest
+    trials first (the last wave is then short ones, not one long trial alone), and among equally long
+    ones the compiled step's distinct shapes in turn (dim, and which loss terms are on), so the first
+    wave compiles each shape once, side by side, and later waves find every one in the compile cache.
+    (Tune's own grid order varies beta fastest: every wave a new dim, every wave compiling again.)"""
+    params = space_params(name)
+    points = [dict(zip([p.name for p in params], values, strict=True))
+              for values in itertools.product(*(p.values for p in params))] * repeats  # fmt: skip
+    full = [{**BASELINE, **(fixed or {}), **point} for point in points]
+
+    def shape(c: dict) -> tuple:
+        return c["dim"], c["beta"] > 0, c["lambda_smooth"] > 0, c["lambda_pred"] > 0
+
+    ordered = []
+    for steps in sorted({c["steps"] for c in full}, reverse=True):
+        groups: dict[tuple, list[dict]] = {}
+        for point, c in zip(points, full, strict=True):
+            if c["steps"] == steps:
+                groups.setdefault(shape(c), []).append(point)
+        queues = list(groups.values())
+        while any(queues):
+            ordered += [q.pop(0) for q in queues if q]
+    return ordered
 
 
 def baseline_point(name: str) -> dict:

@@ -263,3 +263,18 @@ def test_resume_refuses_a_new_constraint(tmp_path):
     for flag, value, saved in (("--recon-margin", "2", "1.5"), ("--max-recon-mel", "4", "None")):
         with pytest.raises(UsageError, match=f"{flag} {float(value)} \\(the sweep has {saved}\\)"):
             make_plan(parse_args(["--resume", "x", "--storage", storage, flag, value]), tmp_path)
+
+
+def test_a_grid_runs_long_trials_first_and_its_compile_shapes_in_turn():
+    """The first wave of a beta_dim grid holds each dim once (each compiles its step once, side by
+    side; later waves find them all in the compile cache), every point runs `repeats` times, and the
+    research grid's 50k-step trials come before its 10k ones."""
+    points = spaces.grid_points("beta_dim", repeats=2)
+    assert len(points) == 32 and [p["dim"] for p in points[:4]] == [16, 32, 64, 128]
+    assert sorted((p["beta"], p["dim"]) for p in points) == sorted(
+        [(b, d) for b in (0.001, 0.01, 0.1, 1.0) for d in (16, 32, 64, 128)] * 2
+    )
+    research = spaces.grid_points("beta_dim_steps")
+    assert [p["steps"] for p in research] == [50_000] * 16 + [10_000] * 16
+    shapes = [(p["lambda_smooth"] > 0, p["lambda_pred"] > 0) for p in spaces.grid_points("ar_losses")[:4]]
+    assert len(set(shapes)) == 4

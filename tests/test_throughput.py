@@ -121,7 +121,7 @@ def test_compile_auto_is_for_long_gpu_trials(corpus_dir, tmp_path):
 def test_dry_run_projects_the_grid_from_measured_rates(corpus_dir, tmp_path):
     argv = ["--space", "beta_dim_steps", "--search", "grid", "--data", str(corpus_dir), "--preset", "paper"]
     plan = dataclasses.replace(make_plan(parse_args(argv), tmp_path), gpus_per_trial=0.25, cpus_per_trial=3)
-    assert plan.trial_steps() == [10_000, 50_000] * 16
+    assert plan.trial_steps() == [50_000] * 16 + [10_000] * 16  # the grid's order: longest first
     bench = tmp_path / "bench.json"
     assert "run `python -m sweep.bench`" in projection(plan, 16, 1, bench, "NVIDIA H200")
     bench.write_text(json.dumps({
@@ -131,7 +131,7 @@ def test_dry_run_projects_the_grid_from_measured_rates(corpus_dir, tmp_path):
         "overhead": [{"trials": 4, "mps": False, "outside_total_s": 60.0}],
     }))  # fmt: skip
     text = projection(plan, 16, 1, bench, "NVIDIA H200")
-    expected = project_sweep([10_000, 50_000] * 16, 4, {1: 100.0, 4: 160.0}, 60.0)
+    expected = project_sweep([50_000] * 16 + [10_000] * 16, 4, {1: 100.0, 4: 160.0}, 60.0)
     assert f"about {expected / 3600:.1f} h ({expected / 60:.0f} min) for 32 trials, 4 at a time" in text
     assert "160 VAE steps/s together at 4 trials/GPU on 1 GPU(s), 60 s outside training per trial" in text
     # a whole sweep measured (on 2 GPUs): its rate per GPU, its time outside training, its start and end
@@ -142,7 +142,7 @@ def test_dry_run_projects_the_grid_from_measured_rates(corpus_dir, tmp_path):
     bench.write_text(json.dumps({**json.loads(bench.read_text()), "sweeps": [sweep]}))
     per_trial = (5 + 10 + 12 + 1 + 1 + 3) * 8 / 16
     text = projection(dataclasses.replace(plan, cpus_per_trial=1), 32, 2, bench, "NVIDIA H200")
-    expected = 30 + project_sweep([10_000, 50_000] * 16, 8, {2: 200.0, 8: 340.0}, per_trial)
+    expected = 30 + project_sweep([50_000] * 16 + [10_000] * 16, 8, {2: 200.0, 8: 340.0}, per_trial)
     assert f"about {expected / 3600:.1f} h ({expected / 60:.0f} min) for 32 trials, 8 at a time" in text
     assert f"{per_trial:.0f} s outside training per trial and 30 s to start and end" in text
     assert "rough guide" in projection(plan, 16, 1, bench, "NVIDIA A10G")
