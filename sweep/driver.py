@@ -135,6 +135,11 @@ def _run(
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not verbose:  # Tune's newer console prints its experiment box and a TensorBoard hint at any verbosity
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # With a searcher (Optuna, the ordered grid) Tune starts one trial at a time, each once the last one's
+    # worker is up (seconds apart); a wave's trials start together instead.
+    resources = ray.cluster_resources()
+    slots = plan.trials_at_once(int(resources.get("CPU", 1)), int(resources.get("GPU", 0)))
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(1, slots)))
     tuner = _restore_tuner(plan, trainable) if resume else _new_tuner(plan, trainable, tracking, verbose)
     _print_where(plan, tracking, info)
     grid = tuner.fit()

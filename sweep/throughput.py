@@ -20,7 +20,7 @@ import pandas as pd
 
 from models.codec import FRAME_RATE
 from sweep.config import PAPER_STEPS, Preset
-from sweep.objective import STATUS, TIME_ATTR, WALL
+from sweep.objective import STARTED, STATUS, TIME_ATTR, WALL
 
 BENCH_FILE = Path("sweep-bench") / "bench.json"  # written by sweep.bench, read by --dry-run
 
@@ -83,7 +83,7 @@ def sweep_breakdown(reports: dict[str, list[dict]], slots: int, started: float, 
         training = [r for r in rows if STATUS not in r]
         final = rows[-1]
         first = rows[0]
-        begin = first[WALL] - first["time_total_s"]  # the trainable's start: Ray's clock at its first report
+        begin = first.get(STARTED, first[WALL] - first["time_total_s"])  # when the trial's code began
         clock = {
             k[len("time/") :]: float(v)
             for k, v in final.items()
@@ -91,7 +91,7 @@ def sweep_breakdown(reports: dict[str, list[dict]], slots: int, started: float, 
         }
         warmup = _warmup(training)
         trials.append({
-            "begin": begin, "end": begin + final["time_total_s"], "steps": final[TIME_ATTR], "warmup": warmup,
+            "begin": begin, "end": final[WALL], "steps": final[TIME_ATTR], "warmup": warmup,
             **clock,
         })  # fmt: skip
         series.append([(r[WALL], r[TIME_ATTR]) for r in training])

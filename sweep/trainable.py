@@ -44,6 +44,7 @@ from sweep.objective import (
     DIVERGED,
     NODE_ID,
     PROBE,
+    STARTED,
     STATUS,
     TIME_ATTR,
     WALL,
@@ -70,14 +71,14 @@ log = logging.getLogger(__name__)
 
 def train_trial(config: dict, context: TrialContext) -> None:
     """The Tune trainable: build, train (reports, probes at rungs, checkpoints), evaluate, report."""
-    entered = time.perf_counter()
+    entered, started = time.perf_counter(), {STARTED: time.time()}
     name = tune.get_context().get_trial_name()
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # "Checkpoint successfully created at" lines
     resume = tune.get_checkpoint()
     with resume.as_directory() if resume else contextlib.nullcontext() as folder:
         trial = build_trial(config, context, name, Path(folder) if folder else None)
     run = _child_run(context, trial.params, name)
-    node = {NODE_ID: ray.get_runtime_context().get_node_id()}  # which Ray node ran it (a retry may move it)
+    node = {NODE_ID: ray.get_runtime_context().get_node_id(), **started}  # a retry may move to another node
     if run:
         run.set_tags({"ray.node_id": node[NODE_ID]})
     background = "background-io" not in context.without
@@ -116,7 +117,7 @@ def train_trial(config: dict, context: TrialContext) -> None:
         del trial
         clock.timed("checkpoint", _release_device_memory)
         checkpoint = tune.Checkpoint.from_directory(Path(scratch) / "checkpoint")
-        tune.report({**final, **clock.seconds()}, checkpoint=checkpoint)
+        tune.report({**final, **clock.seconds(), WALL: time.time()}, checkpoint=checkpoint)
 
 
 def _finish(trial: Trial, context: TrialContext, run, reported: dict, clock: Clock, scratch: Path) -> dict:

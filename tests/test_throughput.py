@@ -62,7 +62,7 @@ def _trial(begin: float, warmup: float, steps: int, rate: float, after: float) -
     train = warmup + steps / rate
     final = {
         "step": steps,
-        "wall": start + steps / rate + after,
+        "time/wall": start + steps / rate + after,
         "status": "completed",
         "time_total_s": 2 + train + after,
         "time/setup": 2.0,
