@@ -121,7 +121,10 @@ def sweep_breakdown(reports: dict[str, list[dict]], slots: int, started: float, 
         "aggregate_steps_per_s": rate["aggregate"], "rate_window_s": rate["window_s"], "ideal_s": ideal,
         "ratio": wall / ideal, "parts": parts,
         "per_trial": {k: statistics.median(t.get(k, 0.0) for t in trials)
-                      for k in ("setup", "warmup", "evaluation", "checkpoint", "logging")},
+                      for k in ("setup", "warmup", "evaluation", "checkpoint", "logging")}
+                     | {k: statistics.median(float(r[-1].get(f"time/{k}", 0.0)) for r in reports.values())
+                        for k in ("setup/process", "setup/mlflow", "evaluation/battery",
+                                  "evaluation/recon_audio")},
     }  # fmt: skip
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -77,6 +78,7 @@ def train_trial(config: dict, context: TrialContext) -> None:
     resume = tune.get_checkpoint()
     with resume.as_directory() if resume else contextlib.nullcontext() as folder:
         trial = build_trial(config, context, name, Path(folder) if folder else None)
+    built = time.perf_counter()
     run = _child_run(context, trial.params, name)
     node = {NODE_ID: ray.get_runtime_context().get_node_id(), **started}  # a retry may move to another node
     if run:
@@ -86,6 +88,9 @@ def train_trial(config: dict, context: TrialContext) -> None:
         run.log_in_background()
     clock = Clock()
     clock.totals["setup"] = time.perf_counter() - entered  # codec, VAE, MLflow run, restore; not Ray's part
+    clock.totals["setup/mlflow"] = time.perf_counter() - built  # of which the MLflow run
+    # before it: the worker process's start, its imports and Ray's set-up of the trial
+    clock.totals["setup/process"] = _process_age() - (time.perf_counter() - entered)
     curves = {}
     with CheckpointWriter() as writer:
         try:
@@ -184,6 +189,16 @@ def _report(metrics: dict, trainer: VAETrainer | None, latest: dict, written: Pa
         tune.report(metrics)
     if written is not None:
         shutil.rmtree(written.parent, ignore_errors=True)  # Tune has copied it into its storage
+
+
+def _process_age() -> float:
+    """Seconds since this process started (Linux: /proc; 0 elsewhere)."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _release_device_memory() -> None:
