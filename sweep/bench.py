@@ -28,6 +28,7 @@ import gc
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -244,6 +245,8 @@ def _sweep_run(args, device: torch.device, data: Path, workdir: Path, mps: bool)
     reports = trial_reports(workdir / "results" / experiment)
     errored = [name for name, rows in reports.items() if rows[-1].get(STATUS) != COMPLETED]
     entry = sweep_breakdown(reports, slots, started, ended)
+    ready = re.search(r"trials start ([0-9.]+) s after launch", logfile.read_text())
+    entry["driver_ready_s"] = float(ready.group(1)) if ready else None  # of `start`: the driver's part
     return {"space": args.space, "sweep_steps": args.sweep_steps, "mps": mps, "without": args.without,
             "gpus": gpus, "errored": errored, "log": str(logfile), **entry}  # fmt: skip
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import ray
@@ -24,6 +22,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from evaluation.audio import codec_decoder
 from evaluation.trial import reconstruction_metrics
 from models.codec import CodecSpec, CodecWeightsMissing, MimiCodec
+from models.runtime import process_age
 from models.training import StepSettings
 from sweep import storage
 from sweep.config import trial_name
@@ -32,7 +31,7 @@ from sweep.data import DataError
 from sweep.errors import UsageError
 from sweep.events import TrialEvents, TrialLifecycle
 from sweep.features import prepare_data
-from sweep.mps import mps_daemon
+from sweep.mps import mps_daemon, sigterm_as_exit
 from sweep.plan import SweepPlan
 from sweep.search import load_study, param_space, scheduler, searcher
 from sweep.storage import is_uri
@@ -67,25 +66,11 @@ def run_sweep(
         return _run(plan, resume, address, dashboard, dashboard_host, verbose=verbose)
     if ray.is_initialized():
         raise UsageError("--mps needs a Ray that the sweep starts itself (its workers must see the daemon).")
-    with _sigterm_as_exit(), mps_daemon(Path(plan.workdir) / ".mps" / plan.experiment) as env:
+    with sigterm_as_exit(), mps_daemon(Path(plan.workdir) / ".mps" / plan.experiment) as env:
         try:
             return _run(plan, resume, address, dashboard, dashboard_host, env, verbose)
         finally:
             ray.shutdown()  # the trials' workers leave the daemon before it stops
-
-
-@contextmanager
-def _sigterm_as_exit():
-    """SIGTERM raises SystemExit, so that `finally` blocks (stopping the MPS daemon) run."""
-
-    def handler(signum, frame):
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(
@@ -113,9 +98,7 @@ def _run(
         )
     except (TrackingUnreachable, CodecWeightsMissing, DataError) as err:
         raise UsageError(str(err)) from None
-    print(
-        describe(plan, int(ray.cluster_resources().get("CPU", 0)), int(ray.cluster_resources().get("GPU", 0)))
-    )
+    print(describe(plan, *_cluster_size()))
     if resume:
         tracking = reopen_sweep_tracking(plan.mlflow_uri, plan.parent_run_id, tags)
     else:
@@ -135,15 +118,18 @@ def _run(
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not verbose:  # Tune's newer console prints its experiment box and a TensorBoard hint at any verbosity
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # With a searcher (Optuna, the ordered grid) Tune starts one trial at a time, each once the last one's
-    # worker is up (seconds apart); a wave's trials start together instead.
-    resources = ray.cluster_resources()
-    slots = plan.trials_at_once(int(resources.get("CPU", 1)), int(resources.get("GPU", 0)))
-    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(1, slots)))
+    # Behind a searcher Tune starts a trial once the last one's worker is up: a wave starts together instead.
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(1, plan.trials_at_once(*_cluster_size()))))
     tuner = _restore_tuner(plan, trainable) if resume else _new_tuner(plan, trainable, tracking, verbose)
     _print_where(plan, tracking, info)
+    log.info("trials start %.1f s after launch", process_age())  # sweep.bench reads it
     grid = tuner.fit()
     return _finish(plan, tracking, grid)
+
+
+def _cluster_size() -> tuple[int, int]:
+    """The Ray cluster's CPUs and GPUs."""
+    return int(ray.cluster_resources().get("CPU", 0)), int(ray.cluster_resources().get("GPU", 0))
 
 
 def _parent_params(plan: SweepPlan) -> dict:

@@ -79,6 +79,20 @@ def mps_daemon(folder: Path, stop_timeout_s: float = 30.0) -> Iterator[dict[str,
         _dismiss(watchdog)
 
 
+@contextmanager
+def sigterm_as_exit():
+    """SIGTERM raises SystemExit, so that `finally` blocks (stopping the MPS daemon) run."""
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def stop_daemon(env: dict[str, str], timeout_s: float = 30.0) -> None:
     """`echo quit | nvidia-cuda-mps-control` for the daemon of `env`. `quit` waits for the daemon's
     clients to exit; whatever of it is still running after `timeout_s` is terminated."""

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -37,6 +36,7 @@ import torch
 from ray import tune
 
 from evaluation.trial import TrialEvaluation
+from models.runtime import process_age
 from models.training import VAETrainer
 from sweep.artifacts import log_trial_evaluation, write_trial_files
 from sweep.config import TrialParams
@@ -90,7 +90,7 @@ def train_trial(config: dict, context: TrialContext) -> None:
     clock.totals["setup"] = time.perf_counter() - entered  # codec, VAE, MLflow run, restore; not Ray's part
     clock.totals["setup/mlflow"] = time.perf_counter() - built  # of which the MLflow run
     # before it: the worker process's start, its imports and Ray's set-up of the trial
-    clock.totals["setup/process"] = _process_age() - (time.perf_counter() - entered)
+    clock.totals["setup/process"] = process_age() - (time.perf_counter() - entered)
     curves = {}
     with CheckpointWriter() as writer:
         try:
@@ -189,16 +189,6 @@ def _report(metrics: dict, trainer: VAETrainer | None, latest: dict, written: Pa
         tune.report(metrics)
     if written is not None:
         shutil.rmtree(written.parent, ignore_errors=True)  # Tune has copied it into its storage
-
-
-def _process_age() -> float:
-    """Seconds since this process started (Linux: /proc; 0 elsewhere)."""
-    try:
-        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _release_device_memory() -> None:
