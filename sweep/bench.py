@@ -148,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                 _save(out, results, preset)  # each measurement is kept, whatever happens next
     if "sweep" in parts:
         for mps in MPS_CHOICES[args.mps]:
-            entry = _sweep_run(args, device, data, workdir, mps)
-            same = [e for e in results.get("sweeps", []) if _sweep_key(e) == _sweep_key(entry)]
-            results["sweeps"] = [e for e in results.get("sweeps", []) if e not in same] + [entry]
+            # every sweep is kept (the first on a machine compiles, the next find the compile cache);
+            # --dry-run projects from the newest
+            results["sweeps"] = results.get("sweeps", []) + [_sweep_run(args, device, data, workdir, mps)]
             _save(out, results, preset)
     if "step" in parts:
         results["step"] = bench_step(args, preset, device, data, workdir)
@@ -248,18 +248,8 @@ def _sweep_run(args, device: torch.device, data: Path, workdir: Path, mps: bool)
     ready = re.search(r"trials start ([0-9.]+) s after launch", logfile.read_text())
     entry["driver_ready_s"] = float(ready.group(1)) if ready else None  # of `start`: the driver's part
     return {"space": args.space, "sweep_steps": args.sweep_steps, "mps": mps, "without": args.without,
-            "gpus": gpus, "errored": errored, "log": str(logfile), **entry}  # fmt: skip
-
-
-def _sweep_key(entry: dict) -> tuple:
-    return (
-        entry["space"],
-        entry["trials"],
-        entry["sweep_steps"],
-        entry["mps"],
-        entry["without"],
-        entry["gpus"],
-    )
+            "gpus": gpus, "errored": errored, "log": str(logfile), "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+            **entry}  # fmt: skip
 
 
 def _launch(argv: list[str], workdir: Path, experiment: str) -> tuple[float, int, Path]:

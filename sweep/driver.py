@@ -119,7 +119,7 @@ def _run(
     if not verbose:  # Tune's newer console prints its experiment box and a TensorBoard hint at any verbosity
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Behind a searcher Tune starts a trial once the last one's worker is up: a wave starts together instead.
-    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(1, plan.trials_at_once(*_cluster_size()))))
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, plan.trials_at_once(*_cluster_size())))
     tuner = _restore_tuner(plan, trainable) if resume else _new_tuner(plan, trainable, tracking, verbose)
     _print_where(plan, tracking, info)
     log.info("trials start %.1f s after launch", process_age())  # sweep.bench reads it

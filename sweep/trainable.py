@@ -28,6 +28,7 @@ import logging
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -64,6 +65,7 @@ from sweep.trial import (
     evaluate,
     probe,
     train,
+    trial_params,
     write_checkpoint,
 )
 
@@ -76,19 +78,19 @@ def train_trial(config: dict, context: TrialContext) -> None:
     name = tune.get_context().get_trial_name()
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # "Checkpoint successfully created at" lines
     resume = tune.get_checkpoint()
-    with resume.as_directory() if resume else contextlib.nullcontext() as folder:
-        trial = build_trial(config, context, name, Path(folder) if folder else None)
-    built = time.perf_counter()
-    run = _child_run(context, trial.params, name)
     node = {NODE_ID: ray.get_runtime_context().get_node_id(), **started}  # a retry may move to another node
-    if run:
-        run.set_tags({"ray.node_id": node[NODE_ID]})
+    with ThreadPoolExecutor(1, thread_name_prefix="mlflow-run") as pool:  # opens the run while it builds
+        opening = pool.submit(_child_run, context, trial_params(config, context, name), name, node[NODE_ID])
+        with resume.as_directory() if resume else contextlib.nullcontext() as folder:
+            trial = build_trial(config, context, name, Path(folder) if folder else None)
+        built = time.perf_counter()
+        run = opening.result()
     background = "background-io" not in context.without
     if run and background:
         run.log_in_background()
     clock = Clock()
     clock.totals["setup"] = time.perf_counter() - entered  # codec, VAE, MLflow run, restore; not Ray's part
-    clock.totals["setup/mlflow"] = time.perf_counter() - built  # of which the MLflow run
+    clock.totals["setup/mlflow"] = time.perf_counter() - built  # of which waiting for the MLflow run
     # before it: the worker process's start, its imports and Ray's set-up of the trial
     clock.totals["setup/process"] = process_age() - (time.perf_counter() - entered)
     curves = {}
@@ -160,12 +162,12 @@ def persist_trial_folder(folder: Path) -> str:
     return target
 
 
-def _child_run(context: TrialContext, params: TrialParams, name: str) -> TrialRun | None:
+def _child_run(context: TrialContext, params: TrialParams, name: str, node_id: str) -> TrialRun | None:
     if context.tracking is None:
         return None
     trial = tune.get_context()
     try:
-        return TrialRun.find_or_create(
+        run = TrialRun.find_or_create(
             context.tracking,
             trial_id=trial.get_trial_id(),
             name=f"{name} {params.label(context.varied)}",
@@ -175,6 +177,8 @@ def _child_run(context: TrialContext, params: TrialParams, name: str) -> TrialRu
     except Exception as err:  # MLflow away: train anyway; `python -m sweep.sync` sends the results later
         log.warning("MLflow unreachable (%s): trial %s runs without it", err, trial.get_trial_id())
         return None
+    run.set_tags({"ray.node_id": node_id})  # which Ray node ran it (a retry may move it)
+    return run
 
 
 def _report(metrics: dict, trainer: VAETrainer | None, latest: dict, written: Path | None = None) -> None:

@@ -112,12 +112,17 @@ class Diverged(Exception):
         self.step, self.values, self.last_finite = step, values, last_finite
 
 
-def build_trial(config: dict, context: TrialContext, name: str, checkpoint: Path | None = None) -> Trial:
-    """The trial's identity and seed (from its name, t<number>), its VAE on its own copy of the codec's
-    decoder, its crops of the shared feature cache; restored from `checkpoint` (a folder) when given."""
-    params = TrialParams.from_config(
+def trial_params(config: dict, context: TrialContext, name: str) -> TrialParams:
+    """The trial's identity: its config over the sweep's fixed values, its seed from its name (t<number>)."""
+    return TrialParams.from_config(
         {**context.fixed, **config}, context.preset, seed=trial_seed(context.seed, trial_number(name))
     )
+
+
+def build_trial(config: dict, context: TrialContext, name: str, checkpoint: Path | None = None) -> Trial:
+    """The trial's identity and seed (trial_params), its VAE on its own copy of the codec's decoder, its
+    crops of the shared feature cache; restored from `checkpoint` (a folder) when given."""
+    params = trial_params(config, context, name)
     torch.manual_seed(params.seed)
     torch.set_num_threads(max(1, context.threads))
     device = pick_device(context.device)
