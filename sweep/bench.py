@@ -1,7 +1,8 @@
-"""How fast the sweep runs on this machine: one trial's step, the battery, N trials per GPU.
+"""How fast sweeps run on this machine: one trial's step, the battery, N trials per GPU, a whole sweep.
 
-    python -m sweep.bench                                   # on a GPU: every part (~12 min on an H100)
+    python -m sweep.bench           # on a GPU: every part (~12 min on an H100, and the 16-trial grid)
     python -m sweep.bench --parts tune --trials 4,8 --mps both
+    python -m sweep.bench --parts sweep --space beta_dim --sweep-steps 2000 --mps on   # the 16-point grid
     python -m sweep.bench --device cpu --codec random:reduced --preset tiny --trials 1,2 \\
         --tune-steps 8 --step-steps 3 --battery-utterances 40 --battery-seconds 6    # CPU path, ~1 min
 
@@ -11,6 +12,11 @@ MPS daemon, before this one has touched the GPU):
   --search grid --num-samples N`: Ray Tune, MLflow, the trainable, the default fast step), with and/or
   without MPS. Aggregate VAE steps/s over the window in which all N trained at once; where each
   trial's wall time went (set-up, warm-up, training, evaluation, logging, checkpoints); peak GPU memory.
+- sweep: a whole grid sweep of `--space` through the service as a user runs it (`--scheduler none`,
+  4 trials per GPU on every GPU; `--sweep-trials`, `--sweep-steps`, `--without` for the speed
+  switches), timed from launch to exit: its wall time against its training steps at the aggregate rate
+  measured while every slot trained, and where the rest went (start, set-up, compile warm-up,
+  evaluation, checkpoints, logging, idle slots, end). Every run is kept; --dry-run uses the newest.
 - step: VAE steps/s of one process on the preset's trial (paper: batch 4 x 4 s, full loss, cached
   features) for each step variant, and how closely the fast step matches the eager one.
 - battery: the diagnostics battery at paper scale on synthetic latents (evaluation.bench_battery).
