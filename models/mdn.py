@@ -221,9 +221,11 @@ class _TrainingStep:
     def __init__(self, models: list[MDN], frames, horizons, config: FitConfig, first: torch.Tensor):
         self.frames = frames
         self.graphed = config.cuda_graphs and frames.is_cuda
-        lr = (lambda: torch.tensor(config.lr, device=frames.device)) if self.graphed else (lambda: config.lr)
+        # per model: a tensor the graph reads at each replay, so that halving one model's step size needs
+        # no new capture
+        lrs = [torch.tensor(config.lr, device=frames.device) if self.graphed else config.lr for _ in models]
         self.optimizer = torch.optim.AdamW(
-            [{"params": list(m.parameters()), "lr": lr()} for m in models],
+            [{"params": list(m.parameters()), "lr": lr} for m, lr in zip(models, lrs, strict=True)],
             lr=config.lr,
             weight_decay=config.weight_decay,
             **({"fused": True} if frames.is_cuda else {}),

@@ -202,7 +202,9 @@ def _release_device_memory() -> None:
 
 
 def _log_final(run: TrialRun, final: dict, evaluation: TrialEvaluation, files: dict, step: int) -> None:
-    run.log_metrics({k: v for k, v in final.items() if not k.startswith(PROBE) and k != WALL}, step)
+    run.log_metrics(
+        {k: v for k, v in final.items() if not k.startswith(PROBE) and k not in (WALL, STARTED)}, step
+    )
     log_trial_evaluation(run, evaluation, files)
     run.set_tags({"rollout/horizon": str(int(final["rollout/horizon"]))})
 
