@@ -83,14 +83,19 @@ def _run(
     verbose: bool = False,
 ) -> int:
     try:
+        check_reachable(plan.mlflow_uri)
         if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():  # a cluster: checked first
             info = _start_ray(address, dashboard, plan, dashboard_host, worker_env, verbose)
-            context, tags = _check_and_prepare(plan)
-        else:  # a local Ray starts while a thread checks MLflow and prepares the data (seconds each)
+            context, tags = _prepare(plan)
+        else:  # a local Ray starts while a thread prepares the data (seconds each)
             with ThreadPoolExecutor(1, thread_name_prefix="prepare") as pool:
-                prepared = pool.submit(_check_and_prepare, plan)
+                prepared = pool.submit(_prepare, plan)
                 info = _start_ray(address, dashboard, plan, dashboard_host, worker_env, verbose)
-                context, tags = prepared.result()
+                try:
+                    context, tags = prepared.result()
+                except BaseException:
+                    ray.shutdown()  # started here, for nothing
+                    raise
         if not is_uri(plan.storage):
             Path(plan.storage).mkdir(parents=True, exist_ok=True)
         check_visible_everywhere(
@@ -153,11 +158,6 @@ def _parent_params(plan: SweepPlan) -> dict:
         "constraint": plan.describe_constraint(),
         **{f"fixed.{k}": v for k, v in plan.fixed.items()},
     }
-
-
-def _check_and_prepare(plan: SweepPlan) -> tuple[TrialContext, dict]:
-    check_reachable(plan.mlflow_uri)
-    return _prepare(plan)
 
 
 def _prepare(plan: SweepPlan) -> tuple[TrialContext, dict]:

@@ -40,6 +40,7 @@ SURROGATE = 1000.0  # nats per dimension: worse than any finite delta-NLL a tria
 
 _SOURCES = {ROLLOUT_OBJECTIVE: ("rollout/k4", "rollout/finite/k4"), TEACHER_OBJECTIVE: ("teacher/k1", None)}
 WALL = "time/wall"  # epoch seconds of each report: sweep.bench aligns trials' step counts on it
+CHECKPOINT_STEP = "checkpoint/step"  # in a report that carries a checkpoint: the step that checkpoint holds
 STARTED = "time/started"  # epoch seconds at which the trial's code began (every report): sweep.bench
 NODE_ID = "node_id"  # the Ray node of each report
 CHECKPOINT_MODEL = "vae"  # in each checkpoint: models.training's weights.pt (+ optimizer.pt), meta.json

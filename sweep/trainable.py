@@ -42,6 +42,7 @@ from models.training import VAETrainer
 from sweep.artifacts import log_trial_evaluation, write_trial_files
 from sweep.config import TrialParams
 from sweep.objective import (
+    CHECKPOINT_STEP,
     COMPLETED,
     DIVERGED,
     NODE_ID,
@@ -181,18 +182,26 @@ def _child_run(context: TrialContext, params: TrialParams, name: str, node_id: s
     return run
 
 
-def _report(metrics: dict, trainer: VAETrainer | None, latest: dict, written: Path | None = None) -> None:
-    """Report `metrics` with a checkpoint: of `trainer` now, or else one written in the background."""
+def _report(
+    metrics: dict, trainer: VAETrainer | None, latest: dict, written: tuple[Path, int] | None = None
+) -> None:
+    """Report `metrics` with a checkpoint: of `trainer` now, or else one written in the background
+    (CheckpointWriter.written: its folder and step); `checkpoint/step` says which step it holds."""
     if trainer is not None:
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = write_checkpoint(Path(folder), trainer, latest)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint))
+            tune.report(
+                {**metrics, CHECKPOINT_STEP: trainer.step},
+                checkpoint=tune.Checkpoint.from_directory(checkpoint),
+            )
     elif written is not None:
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(written))
+        tune.report(
+            {**metrics, CHECKPOINT_STEP: written[1]}, checkpoint=tune.Checkpoint.from_directory(written[0])
+        )
     else:
         tune.report(metrics)
     if written is not None:
-        shutil.rmtree(written.parent, ignore_errors=True)  # Tune has copied it into its storage
+        shutil.rmtree(written[0].parent, ignore_errors=True)  # Tune has copied it into its storage
 
 
 def _release_device_memory() -> None:

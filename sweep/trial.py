@@ -207,25 +207,30 @@ class CheckpointWriter:
     """Resumable checkpoints written beside training: `start` copies the weights and AdamW's state where
     they lie (on a GPU, milliseconds for a paper trial's 460 MB) and a thread of its own writes the copy
     to a local folder while the next steps run; `written()` hands that folder over once it is complete,
-    for the next report to give Tune (which copies it into its storage). A newer start waits for the
-    older write, then replaces it; leaving the `with` block waits for a write under way and removes
-    what was never handed over."""
+    with the step it holds, for the next report to give Tune (which copies it into its storage). A newer
+    start waits for the older write, then replaces it; leaving the `with` block waits for a write under
+    way and removes what was never handed over."""
 
     def __init__(self):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-writer")
         self._pending: Future | None = None
+        self._step = 0
 
     def start(self, trainer: VAETrainer, latest: dict) -> None:
         self._discard()
         state = checkpoint_state(trainer, copy=True)
         folder = Path(tempfile.mkdtemp(prefix="sweep-checkpoint-")) / "checkpoint"
-        self._pending = self._pool.submit(write_checkpoint_from, folder, state, dict(latest))
+        self._pending, self._step = (
+            self._pool.submit(write_checkpoint_from, folder, state, dict(latest)),
+            trainer.step,
+        )
 
-    def written(self) -> Path | None:
+    def written(self) -> tuple[Path, int] | None:
+        """(the checkpoint's folder, the step it holds) once written; None before and after handing over."""
         if self._pending is None or not self._pending.done():
             return None
         folder, self._pending = self._pending.result(), None
-        return folder
+        return folder, self._step
 
     def _discard(self) -> None:
         if self._pending is not None:

@@ -157,9 +157,9 @@ def test_two_node_sweep_survives_losing_a_node(two_nodes, tmp_path):
     moved = [rows for rows in results.values() if len({r["node_id"] for r in rows if "node_id" in r}) == 2]
     assert moved, "no trial was running on the lost node"
     resumed = []
-    for rows in moved:  # retried from a checkpoint it had reported, or from step 0 if it had none yet
+    for rows in moved:  # retried from a checkpoint it had reported (the step it holds), or from step 0
         lost = 1 + max(i for i, r in enumerate(rows) if r["node_id"] == second_id)  # first report after
-        checkpoints = [r["step"] for r in rows[:lost] if r.get("checkpoint_dir_name")]
+        checkpoints = [r["checkpoint/step"] for r in rows[:lost] if r.get("checkpoint_dir_name")]
         restart = rows[lost]["step"] - 5  # reports come every 5 steps
         assert restart in (checkpoints or [0]), (restart, checkpoints, where_trials_ran())
         resumed.append(restart)

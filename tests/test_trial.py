@@ -121,9 +121,11 @@ def test_a_checkpoint_written_beside_training_holds_the_state_it_was_started_at(
         trainer.step = 25
         probe["probe/measured"] = 2.0
         deadline = time.monotonic() + 60
-        while (folder := writer.written()) is None:
+        while (written := writer.written()) is None:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+        folder, step = written
+        assert step == 20 and writer.written() is None  # handed over once
         resumed = tiny_trainer(codec)
         assert restore(resumed, folder, train_steps=40) == {"probe/measured": 1.0}
         assert resumed.step == 20 and resumed.optimizer.state_dict()["state"]
