@@ -201,7 +201,7 @@ def make_plan(args: argparse.Namespace, workdir: Path) -> SweepPlan:
         compile=args.compile,
         fused_optimizer=not args.no_fused_optimizer,
         mps=_check_mps(args),
-        without=_check_without(getattr(args, "without", "")),
+        without=check_without(getattr(args, "without", "")),
         max_concurrent=_check_concurrency(args.max_concurrent),
         storage=root,
         mlflow_uri=args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_mlflow_uri(workdir),
@@ -278,10 +278,10 @@ def _check_keep(value: int) -> int:
     return value
 
 
-def _check_without(value: str) -> list:
+def check_without(value: str) -> list:
+    """--without's speed switches as a list (UsageError for a name not in SPEED_SWITCHES)."""
     names = [v for v in value.split(",") if v]
-    unknown = sorted(set(names) - set(SPEED_SWITCHES))
-    if unknown:
+    if unknown := sorted(set(names) - set(SPEED_SWITCHES)):
         raise UsageError(
             f"--without {','.join(unknown)}: not a speed switch; choose from {', '.join(SPEED_SWITCHES)}."
         )

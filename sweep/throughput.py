@@ -40,10 +40,7 @@ def aggregate_rate(series: Sequence[Sequence[tuple[float, int]]]) -> dict:
         raise ValueError(
             f"the trials' steady phases do not overlap (window {end - start:.1f} s): run longer trials."
         )
-    per_trial = []
-    for s in series:
-        wall, steps = np.array([t for t, _ in s], dtype=float), np.array([k for _, k in s], dtype=float)
-        per_trial.append(float(np.interp(end, wall, steps) - np.interp(start, wall, steps)) / (end - start))
+    per_trial = [_steps_between(curve, start, end) / (end - start) for curve in _curves(series)]
     return {"aggregate": sum(per_trial), "per_trial": per_trial, "window_s": end - start}
 
 
@@ -51,20 +48,31 @@ def rate_when_full(series: Sequence[Sequence[tuple[float, int]]], slots: int) ->
     """Steps/s of the trials while `slots` of them trained at once (every slot busy training), from each
     trial's (wall seconds, step) training reports; a trial trains from its first report (past its
     warm-up) to its last. Sums over every such stretch of a sweep, across its waves."""
-    spans = [(s[0][0], s[-1][0]) for s in series if len(s) >= 2]
-    times = sorted({t for first, last in spans for t in (first, last)})
+    curves = _curves([s for s in series if len(s) >= 2])
+    times = sorted({t for wall, _ in curves for t in (wall[0], wall[-1])})
     steps, seconds = 0.0, 0.0
     for a, b in itertools.pairwise(times):
-        active = [s for s in series if len(s) >= 2 and s[0][0] <= a and b <= s[-1][0]]
+        active = [c for c in curves if c[0][0] <= a and b <= c[0][-1]]
         if len(active) < slots:
             continue
-        for s in active:
-            wall, step = np.array([t for t, _ in s], dtype=float), np.array([k for _, k in s], dtype=float)
-            steps += float(np.interp(b, wall, step) - np.interp(a, wall, step))
+        steps += sum(_steps_between(c, a, b) for c in active)
         seconds += b - a
     if seconds <= 0:
         raise ValueError(f"no stretch of the sweep had {slots} trials training at once: run longer trials.")
     return {"aggregate": steps / seconds, "window_s": seconds}
+
+
+def _curves(series: Sequence[Sequence[tuple[float, int]]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each trial's (wall seconds, steps) reports as two arrays, for interpolation."""
+    return [
+        (np.array([t for t, _ in s], dtype=float), np.array([k for _, k in s], dtype=float)) for s in series
+    ]
+
+
+def _steps_between(curve: tuple[np.ndarray, np.ndarray], a: float, b: float) -> float:
+    """Steps a trial took between wall times a and b (interpolated between its reports)."""
+    wall, steps = curve
+    return float(np.interp(b, wall, steps) - np.interp(a, wall, steps))
 
 
 def sweep_breakdown(reports: dict[str, list[dict]], slots: int, started: float, ended: float) -> dict:
