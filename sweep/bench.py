@@ -243,8 +243,10 @@ def _sweep_run(args, device: torch.device, data: Path, workdir: Path, mps: bool)
     reports = trial_reports(workdir / "results" / experiment)
     errored = [name for name, rows in reports.items() if rows[-1].get(STATUS) != COMPLETED]
     entry = sweep_breakdown(reports, slots, started, ended)
-    ready = re.search(r"trials start ([0-9.]+) s after launch", logfile.read_text())
+    ready = re.search(r"trials start ([0-9.]+) s after launch \((.*) s\)", logfile.read_text())
     entry["driver_ready_s"] = float(ready.group(1)) if ready else None  # of `start`: the driver's part
+    stages = re.findall(r"([^,]+?) ([0-9.]+)(?:, |$)", ready.group(2)) if ready else []
+    entry["driver_stages"] = {stage: float(seconds) for stage, seconds in stages}
     return {"space": args.space, "sweep_steps": args.sweep_steps, "mps": mps, "without": args.without,
             "gpus": gpus, "errored": errored, "log": str(logfile), "when": time.strftime("%Y-%m-%d %H:%M:%S"),
             **entry}  # fmt: skip

@@ -17,7 +17,6 @@ from pathlib import Path
 import ray
 import torch
 from ray import tune
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from evaluation.audio import codec_decoder
 from evaluation.trial import reconstruction_metrics
@@ -34,7 +33,7 @@ from sweep.features import prepare_data
 from sweep.mps import mps_daemon, sigterm_as_exit
 from sweep.plan import SweepPlan
 from sweep.search import load_study, param_space, scheduler, searcher
-from sweep.storage import is_uri
+from sweep.storage import check_visible_everywhere, is_uri
 from sweep.summary import publish_summary, results_frame, summarise
 from sweep.tracking import (
     SweepTracking,
@@ -62,13 +61,15 @@ def run_sweep(
     verbose: bool = False,
 ) -> int:
     """The sweep, start to summary; the exit code. verbose: Tune's status tables and Ray's INFO lines."""
+    start = {"imports and plan": process_age()}  # what the driver waited for, logged when trials start
     if not plan.mps:
-        return _run(plan, resume, address, dashboard, dashboard_host, verbose=verbose)
+        return _run(plan, resume, address, dashboard, dashboard_host, verbose=verbose, start=start)
     if ray.is_initialized():
         raise UsageError("--mps needs a Ray that the sweep starts itself (its workers must see the daemon).")
     with sigterm_as_exit(), mps_daemon(Path(plan.workdir) / ".mps" / plan.experiment) as env:
+        start["MPS"] = process_age() - start["imports and plan"]
         try:
-            return _run(plan, resume, address, dashboard, dashboard_host, env, verbose)
+            return _run(plan, resume, address, dashboard, dashboard_host, env, verbose, start)
         finally:
             ray.shutdown()  # the trials' workers leave the daemon before it stops
 
@@ -81,16 +82,19 @@ def _run(
     dashboard_host: str,
     worker_env: dict | None = None,
     verbose: bool = False,
+    start: dict | None = None,
 ) -> int:
+    start = {} if start is None else start
     try:
         check_reachable(plan.mlflow_uri)
+        ray_args = (start, "Ray", _start_ray, address, dashboard, plan, dashboard_host, worker_env, verbose)
         if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():  # a cluster: checked first
-            info = _start_ray(address, dashboard, plan, dashboard_host, worker_env, verbose)
-            context, tags = _prepare(plan)
+            info = _timed(*ray_args)
+            context, tags = _timed(start, "data", _prepare, plan)
         else:  # a local Ray starts while a thread prepares the data (seconds each)
             with ThreadPoolExecutor(1, thread_name_prefix="prepare") as pool:
-                prepared = pool.submit(_prepare, plan)
-                info = _start_ray(address, dashboard, plan, dashboard_host, worker_env, verbose)
+                prepared = pool.submit(_timed, start, "data", _prepare, plan)
+                info = _timed(*ray_args)
                 try:
                     context, tags = prepared.result()
                 except BaseException:
@@ -104,6 +108,7 @@ def _run(
     except (TrackingUnreachable, CodecWeightsMissing, DataError) as err:
         raise UsageError(str(err)) from None
     print(describe(plan, *_cluster_size()))
+    opened = process_age()
     if resume:
         tracking = reopen_sweep_tracking(plan.mlflow_uri, plan.parent_run_id, tags)
     else:
@@ -114,6 +119,7 @@ def _run(
         plan.save()
         log_sweep_metrics(tracking, {f"codec/{k}": v for k, v in plan.codec_reference.items()}
                           | {"constraint/max_recon_mel": plan.recon_bound})  # fmt: skip
+    start["MLflow"] = process_age() - opened
     context = dataclasses.replace(context, tracking=tracking)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, context=context),
@@ -127,9 +133,22 @@ def _run(
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, plan.trials_at_once(*_cluster_size())))
     tuner = _restore_tuner(plan, trainable) if resume else _new_tuner(plan, trainable, tracking, verbose)
     _print_where(plan, tracking, info)
-    log.info("trials start %.1f s after launch", process_age())  # sweep.bench reads it
+    log.info(  # sweep.bench reads it
+        "trials start %.1f s after launch (%s s)",
+        process_age(),
+        ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in start.items()),
+    )
     grid = tuner.fit()
     return _finish(plan, tracking, grid)
+
+
+def _timed(seconds: dict, stage: str, fn, *args):
+    """fn(*args), its wall seconds into seconds[stage]."""
+    began = process_age()
+    try:
+        return fn(*args)
+    finally:
+        seconds[stage] = process_age() - began
 
 
 def _cluster_size() -> tuple[int, int]:
@@ -217,31 +236,6 @@ def _prepare(plan: SweepPlan) -> tuple[TrialContext, dict]:
     return context, tags
 
 
-@ray.remote(num_cpus=0)
-def _exists(path: str) -> bool:
-    return os.path.exists(path)
-
-
-def check_visible_everywhere(paths: dict[str, Path]) -> None:
-    """On a multi-node cluster, trials read the feature cache and write checkpoints on whatever
-    node they land on: both must be on storage every node mounts. Checked on each alive node."""
-    nodes = [n for n in ray.nodes() if n["Alive"]]
-    if len(nodes) < 2:
-        return
-    for node in nodes:
-        pin = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-        for flag, path in paths.items():
-            if "://" in str(path):  # an object-store URI: Tune reaches it from every node itself
-                continue
-            if not ray.get(_exists.options(scheduling_strategy=pin).remote(str(path))):
-                raise UsageError(
-                    f"{flag} {path.parent if flag == '--cache' else path} is not visible on Ray node "
-                    f"{node['NodeManagerAddress']} ({node['NodeID'][:8]}): on a cluster, put it on a "
-                    "filesystem every node mounts (NFS, a shared volume); --storage may also be an "
-                    "object-store URI (s3://...)."
-                )
-
-
 def _start_ray(
     address: str | None,
     dashboard: bool,
@@ -303,12 +297,10 @@ def _new_tuner(plan: SweepPlan, trainable, tracking: SweepTracking, verbose: boo
             scheduler=scheduler(plan),
             num_samples=plan.trial_count,  # a grid: its points times its repeats (OrderedGrid)
             max_concurrent_trials=plan.max_concurrent,
-            # A GPU trial gets a fresh worker process: Tune runs each trial of a reused worker in a new
-            # thread, and the compiled step's CUDA-graph trees live in the thread-local storage of the
-            # thread that first compiled (torch/_inductor/cudagraph_trees.py): the next trial's thread
-            # failed an assertion there. A fresh process also gives all of a trial's GPU memory back.
-            # CPU trials keep their worker (imports take ~7 s of a smoke trial's ~20 s).
-            reuse_actors=plan.gpus_per_trial == 0,
+            # A worker process runs trial after trial (its imports, CUDA context and codec stay), each
+            # on the process's one trial thread (sweep.trainable.TrialThread), where the compiled
+            # step's CUDA-graph trees live; --without worker-reuse gives each GPU trial a fresh one.
+            reuse_actors=plan.gpus_per_trial == 0 or "worker-reuse" not in plan.without,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),

@@ -130,10 +130,17 @@ def sweep_breakdown(reports: dict[str, list[dict]], slots: int, started: float, 
         "ratio": wall / ideal, "parts": parts,
         "per_trial": {k: statistics.median(t.get(k, 0.0) for t in trials)
                       for k in ("setup", "warmup", "evaluation", "checkpoint", "logging")}
-                     | {k: statistics.median(float(r[-1].get(f"time/{k}", 0.0)) for r in reports.values())
-                        for k in ("setup/process", "setup/mlflow", "evaluation/battery",
-                                  "evaluation/recon_audio")},
+                     | {k: _median_reported(reports, f"time/{k}") for k in (
+                         "setup/process", "setup/process/imports", "setup/process/before_imports",
+                         "setup/mlflow", "evaluation/battery", "evaluation/recon_audio")},
     }  # fmt: skip
+
+
+def _median_reported(reports: dict[str, list[dict]], key: str) -> float:
+    """The median of `key` over the trials whose final report has it (a reused worker's trials do not
+    report its imports); 0.0 where none has."""
+    values = [float(rows[-1][key]) for rows in reports.values() if key in rows[-1]]
+    return statistics.median(values) if values else 0.0
 
 
 def sweep_overheads(entry: dict) -> tuple[float, float]:

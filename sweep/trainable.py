@@ -25,10 +25,12 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import queue
 import shutil
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -36,6 +38,7 @@ import ray
 import torch
 from ray import tune
 
+import sweep
 from evaluation.trial import TrialEvaluation
 from models.runtime import process_age
 from models.training import VAETrainer
@@ -71,10 +74,68 @@ from sweep.trial import (
 )
 
 log = logging.getLogger(__name__)
+_IMPORTS_ENDED = time.time()
+_PREVIOUS_TRIAL_ENDED: list[float] = []  # when this worker's last trial returned (a reused worker)
 
 
 def train_trial(config: dict, context: TrialContext) -> None:
-    """The Tune trainable: build, train (reports, probes at rungs, checkpoints), evaluate, report."""
+    """The Tune trainable: build, train (reports, probes at rungs, checkpoints), evaluate, report.
+
+    Every trial of a worker process runs on the process's one trial thread (TrialThread): Tune calls
+    this in a new thread per trial, and a reused worker's next trial would meet the compiled step's
+    CUDA-graph trees, which torch keeps in the thread that compiled (torch/_inductor/cudagraph_trees.py),
+    from another thread, and fail an assertion there."""
+    try:
+        if "worker-reuse" in context.without:
+            return _train_trial(config, context)
+        return TRIAL_THREAD.run(_train_trial, config, context)
+    finally:
+        _PREVIOUS_TRIAL_ENDED[:] = [time.time()]
+
+
+def _worker_setup(entered: float) -> dict:
+    """Before the trial's code (entered: time.time()): in a new worker, the process's start (Ray's
+    worker), its imports and Tune's set-up of the trial (time/setup/process, of which .../imports);
+    in a reused worker, the time since its previous trial returned (time/setup/process alone)."""
+    if _PREVIOUS_TRIAL_ENDED:
+        return {"setup/process": entered - _PREVIOUS_TRIAL_ENDED[0]}
+    began = time.time() - process_age()
+    return {"setup/process": entered - began, "setup/process/imports": _IMPORTS_ENDED - sweep.IMPORTED_AT,
+            "setup/process/before_imports": sweep.IMPORTED_AT - began}  # fmt: skip
+
+
+class TrialThread:
+    """One daemon thread per process that runs what it is handed, one call at a time (as Tune's own
+    thread for a trial is a daemon); `run` waits for the call and returns its value or raises what it
+    raised, SystemExit too: Tune ends a stopped trial's function that way, from inside tune.report."""
+
+    def __init__(self):
+        self._calls: queue.SimpleQueue | None = None
+        self._lock = threading.Lock()
+
+    def run(self, fn, *args):
+        with self._lock:
+            if self._calls is None:
+                self._calls = queue.SimpleQueue()
+                threading.Thread(target=self._serve, name="trial", daemon=True).start()
+        done: Future = Future()
+        self._calls.put((done, fn, args))
+        return done.result()
+
+    def _serve(self) -> None:
+        while True:
+            done, fn, args = self._calls.get()
+            try:
+                done.set_result(fn(*args))
+            except BaseException as err:  # noqa: BLE001 -- handed back to run's caller
+                done.set_exception(err)
+            del done, fn, args  # nothing of a finished trial stays referenced here
+
+
+TRIAL_THREAD = TrialThread()
+
+
+def _train_trial(config: dict, context: TrialContext) -> None:
     entered, started = time.perf_counter(), {STARTED: time.time()}
     name = tune.get_context().get_trial_name()
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # "Checkpoint successfully created at" lines
@@ -92,8 +153,7 @@ def train_trial(config: dict, context: TrialContext) -> None:
     clock = Clock()
     clock.totals["setup"] = time.perf_counter() - entered  # codec, VAE, MLflow run, restore; not Ray's part
     clock.totals["setup/mlflow"] = time.perf_counter() - built  # of which waiting for the MLflow run
-    # before it: the worker process's start, its imports and Ray's set-up of the trial
-    clock.totals["setup/process"] = process_age() - (time.perf_counter() - entered)
+    clock.totals.update(_worker_setup(started[STARTED]))
     curves = {}
     with CheckpointWriter() as writer:
         try:
@@ -205,6 +265,10 @@ def _report(
 
 
 def _release_device_memory() -> None:
+    """The trial's GPU memory back, the compiled step's CUDA-graph pool too (a reused worker's next trial
+    compiles afresh); on the trial thread, which holds that pool."""
+    if torch.cuda.is_available():
+        torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -157,7 +157,7 @@ def train(trial: Trial, preset: Preset, clock: Clock | None = None) -> Iterator[
     window = _Window(trainer.metric_names, trainer.step)
     while trainer.step < steps:
         # No host sync inside a report interval: the CPU queues steps while the GPU runs them.
-        window.add(clock.timed("train", trainer.train_step_async, trial.sampler.batch(trainer.step)))
+        window.add(clock.timed("train", _next_step, trainer, trial.sampler))  # the crops' time counts too
         step = trainer.step
         last, rung = step == steps, step in trial.rungs
         if not (last or rung or step % preset.report_every == 0):
@@ -167,6 +167,10 @@ def train(trial: Trial, preset: Preset, clock: Clock | None = None) -> Iterator[
             raise Diverged(*window.diverged)
         checkpoint = not last and (rung or step % preset.checkpoint_every == 0)
         yield Interval(step, curves, rung and not last, checkpoint, last)
+
+
+def _next_step(trainer: VAETrainer, sampler: CropSampler) -> torch.Tensor:
+    return trainer.train_step_async(sampler.batch(trainer.step))
 
 
 @functools.lru_cache(maxsize=2)

@@ -44,6 +44,13 @@ def test_bench_runs_every_part_on_the_cpu_and_writes_json(corpus_dir, tmp_path, 
     assert sum(sweep["parts"].values()) == pytest.approx(sweep["wall_s"], rel=1e-6)
     assert sweep["ideal_s"] == pytest.approx(80 / sweep["aggregate_steps_per_s"]) and sweep["ratio"] > 1
     assert sweep["parts"]["start"] > 0 and sweep["parts"]["evaluation"] > 0
+    # the driver's start, stage by stage (no MPS here), within its time to the trials' start
+    assert set(sweep["driver_stages"]) == {"imports and plan", "Ray", "data", "MLflow"}
+    assert (
+        sweep["driver_stages"]["imports and plan"] + sweep["driver_stages"]["MLflow"]
+        < sweep["driver_ready_s"]
+    )
+    assert sweep["per_trial"]["setup/process/imports"] > 0  # a new worker's imports
     printed = capsys.readouterr().out
     for heading in (
         "## One trial",

@@ -135,3 +135,43 @@ def test_a_checkpoint_written_beside_training_holds_the_state_it_was_started_at(
         started = writer._pending.result()
     assert not started.exists() and folder.exists()  # handing over makes it the caller's
     shutil.rmtree(folder.parent)
+
+
+def test_a_workers_trials_run_on_one_thread_that_survives_their_exits():
+    """Tune calls each trial of a reused worker from a new thread; TrialThread runs them all on one, so
+    thread-local state (the compiled step's CUDA-graph trees) made by one trial is there for the next,
+    and a trial ended by SystemExit (Tune stopping it inside tune.report) or an error leaves it working."""
+    import threading
+
+    from sweep.trainable import TrialThread
+
+    runner, local = TrialThread(), threading.local()
+
+    def first():
+        local.trees = "compiled by the first trial"
+        raise SystemExit(0)
+
+    def second():
+        return getattr(local, "trees", None), threading.current_thread().name
+
+    def third():
+        raise ValueError("a failing trial")
+
+    outcomes = []
+
+    def tune_thread(fn):
+        try:
+            outcomes.append(runner.run(fn))
+        except BaseException as err:  # noqa: BLE001
+            outcomes.append(type(err).__name__)
+
+    for fn in (first, second, third, second):
+        caller = threading.Thread(target=tune_thread, args=(fn,))
+        caller.start()
+        caller.join(timeout=10)
+    assert outcomes == [
+        "SystemExit",
+        ("compiled by the first trial", "trial"),
+        "ValueError",
+        ("compiled by the first trial", "trial"),
+    ]
