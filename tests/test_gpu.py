@@ -111,8 +111,8 @@ def test_compiled_step_matches_the_eager_step_on_cuda_in_bf16(speech, tmp_path):
 
 def test_paper_sweep_of_two_waves_ends_without_errors_or_retries(speech, tmp_path):
     """8 Optuna trials at 4 per GPU (--max-concurrent 4: two waves on any number of GPUs), compiled
-    step, ASHA: the second wave's trials start where the first wave's ran, which once crashed them
-    (a reused worker's new thread and the compiled step's CUDA-graph trees)."""
+    step, ASHA: the second wave's trials run in the first wave's worker processes, which once crashed
+    them (a reused worker's new thread and the compiled step's CUDA-graph trees; now one trial thread)."""
     argv = ["--space", "beta_dim", "--preset", "paper", "--codec", "random:full", "--data", str(speech),
             "--steps", "200", "--num-samples", "8", "--gpus-per-trial", "0.25", "--max-concurrent", "4",
             "--compile", "on", "--no-dashboard", "--experiment", "gpu-waves"]  # fmt: skip
@@ -132,6 +132,7 @@ def test_paper_sweep_of_two_waves_ends_without_errors_or_retries(speech, tmp_pat
     assert set(statuses.values()) <= {"completed", "stopped early"} and "completed" in statuses.values()
     for name, rows in reports.items():
         assert len({r["pid"] for r in rows}) == 1, f"{name} ran in more than one process: it was retried"
+    assert len({rows[0]["pid"] for rows in reports.values()}) < 8  # the second wave took over workers
     summary = pd.read_csv(experiment / "summary" / "summary.csv")
     assert (summary["failures"] == 0).all() and set(summary["status"]) <= {"completed", "stopped early"}
     assert "8 trials: " in done.stdout and "0 restarted after a failure" in done.stdout
