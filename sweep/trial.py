@@ -175,7 +175,7 @@ def _next_step(trainer: VAETrainer, sampler: CropSampler) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=2)
 def load_codec(spec: str) -> MimiCodec:
-    """One codec per worker process (CPU trials share workers: reuse_actors)."""
+    """One codec per worker process, kept for its next trials (Tune reuses workers)."""
     return MimiCodec.from_spec(CodecSpec.parse(spec))
 
 
