@@ -1,7 +1,7 @@
 """Rollout audio (docs/science.md §4): hear what an L-step free-running rollout does to speech.
 
     written = write_rollout_audio(examples, mdn1, decode, "out/audio")
-    # out/audio/<utt>_orig.wav, <utt>_recon.wav, <utt>_roll01.wav ... <utt>_roll16.wav
+    # out/audio/<utt>_orig.wav, <utt>_recon.wav, <utt>_roll01.wav ... <utt>_roll16.wav, rollouts.json
     audio_levels(written)      # file, peak, clipped: one row per WAV
 
 For each utterance (latents z of shape (T, D)): s = floor(T / 3); frames [s, s + L) are replaced by
@@ -16,6 +16,7 @@ are reported beside it.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,10 +27,11 @@ import pandas as pd
 import soundfile as sf
 import torch
 
-from models.codec import SAMPLE_RATE
+from models.codec import FRAME_SIZE, SAMPLE_RATE
 from models.mdn import MDN
 
 ROLLOUT_LENGTHS = (1, 2, 4, 8, 16)
+ROLLOUT_WINDOWS = "rollouts.json"  # beside the WAVs: {name: {"start_frame", "lengths", ...}}
 
 
 @dataclass
@@ -82,19 +84,23 @@ def write_rollout_audio(
     `decode` maps (T, D) latents to (T * 1920,) audio. Lengths that do not fit an utterance are skipped."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written, mdn1 = [], _float64(mdn1)
+    written, mdn1, windows = [], _float64(mdn1), {}
     for ex in examples:
         name = safe_name(ex.utterance_id)
         written += [
-            _write(out_dir / f"{name}_orig.wav", ex.audio),
-            _write(out_dir / f"{name}_recon.wav", decode(ex.latents)),
+            write_wav(out_dir / f"{name}_orig.wav", ex.audio),
+            write_wav(out_dir / f"{name}_recon.wav", decode(ex.latents)),
         ]
         start = max(len(ex.latents) // 3, mdn1.context)
+        windows[name] = {"utterance_id": ex.utterance_id, "start_frame": start, "lengths": []}
         for length in lengths:
             if start + length > len(ex.latents):
                 continue
             rolled = rollout_latents(mdn1, ex.latents, start, length, feedback, seed)
-            written.append(_write(out_dir / f"{name}_roll{length:02d}.wav", decode(rolled)))
+            written.append(write_wav(out_dir / f"{name}_roll{length:02d}.wav", decode(rolled)))
+            windows[name]["lengths"].append(length)
+    # where each rollout begins, for the sweep's listening page (sweep/listening.py) to clip around it
+    (out_dir / ROLLOUT_WINDOWS).write_text(json.dumps({"samples_per_frame": FRAME_SIZE, **windows}))
     return written
 
 
@@ -144,7 +150,8 @@ def safe_name(utterance_id: str) -> str:
     return name or "utterance"
 
 
-def _write(path: Path, audio: np.ndarray) -> WrittenAudio:
+def write_wav(path: Path, audio: np.ndarray) -> WrittenAudio:
+    """24 kHz mono 16-bit PCM; samples beyond [-1, 1] clipped, and how many were, reported."""
     audio = np.asarray(audio, dtype=np.float32)
     over = np.abs(audio)
     sf.write(path, np.clip(audio, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")

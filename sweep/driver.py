@@ -17,6 +17,7 @@ from pathlib import Path
 import ray
 import torch
 from ray import tune
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from evaluation.audio import codec_decoder
 from evaluation.trial import reconstruction_metrics
@@ -33,7 +34,7 @@ from sweep.features import prepare_data
 from sweep.mps import mps_daemon, sigterm_as_exit
 from sweep.plan import SweepPlan
 from sweep.search import load_study, param_space, scheduler, searcher
-from sweep.storage import check_visible_everywhere, is_uri
+from sweep.storage import is_uri
 from sweep.summary import publish_summary, results_frame, summarise
 from sweep.tracking import (
     SweepTracking,
@@ -45,6 +46,7 @@ from sweep.tracking import (
     mlflow_artifact_bytes,
     open_sweep_tracking,
     reopen_sweep_tracking,
+    sweep_params,
 )
 from sweep.trainable import train_trial
 from sweep.trial import TrialContext
@@ -113,7 +115,7 @@ def _run(
         tracking = reopen_sweep_tracking(plan.mlflow_uri, plan.parent_run_id, tags)
     else:
         tracking = open_sweep_tracking(
-            plan.mlflow_uri, plan.experiment, Path(plan.workdir) / "mlartifacts", _parent_params(plan), tags
+            plan.mlflow_uri, plan.experiment, Path(plan.workdir) / "mlartifacts", sweep_params(plan), tags
         )
         plan.parent_run_id = tracking.parent_run_id
         plan.save()
@@ -154,29 +156,6 @@ def _timed(seconds: dict, stage: str, fn, *args):
 def _cluster_size() -> tuple[int, int]:
     """The Ray cluster's CPUs and GPUs."""
     return int(ray.cluster_resources().get("CPU", 0)), int(ray.cluster_resources().get("GPU", 0))
-
-
-def _parent_params(plan: SweepPlan) -> dict:
-    """The sweep's parent run params: what the sweep is, as MLflow shows it."""
-    return {
-        "space": plan.space,
-        "search": plan.search,
-        "preset": plan.preset.name,
-        "num_samples": plan.num_samples,
-        "steps_per_10k": plan.preset.steps_per_10k,
-        "scheduler": plan.scheduler,
-        "seed": plan.seed,
-        "codec": plan.codec,
-        "data": plan.data,
-        "cpus_per_trial": plan.cpus_per_trial,
-        "gpus_per_trial": plan.gpus_per_trial,
-        "compile": plan.compiled,
-        "fused_optimizer": plan.fused_optimizer,
-        "mps": plan.mps,
-        "without": ",".join(plan.without) or "none",
-        "constraint": plan.describe_constraint(),
-        **{f"fixed.{k}": v for k, v in plan.fixed.items()},
-    }
 
 
 def _prepare(plan: SweepPlan) -> tuple[TrialContext, dict]:
@@ -234,6 +213,27 @@ def _prepare(plan: SweepPlan) -> tuple[TrialContext, dict]:
         without=tuple(plan.without),
     )
     return context, tags
+
+
+def check_visible_everywhere(paths: dict[str, Path]) -> None:
+    """On a multi-node cluster, trials read the feature cache and write checkpoints on whatever
+    node they land on: both must be on storage every node mounts. Checked on each alive node."""
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len(nodes) < 2:
+        return
+    for node in nodes:
+        pin = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+        for flag, path in paths.items():
+            if "://" in str(path):  # an object-store URI: Tune reaches it from every node itself
+                continue
+            exists_there = ray.remote(num_cpus=0)(os.path.exists).options(scheduling_strategy=pin)
+            if not ray.get(exists_there.remote(str(path))):
+                raise UsageError(
+                    f"{flag} {path.parent if flag == '--cache' else path} is not visible on Ray node "
+                    f"{node['NodeManagerAddress']} ({node['NodeID'][:8]}): on a cluster, put it on a "
+                    "filesystem every node mounts (NFS, a shared volume); --storage may also be an "
+                    "object-store URI (s3://...)."
+                )
 
 
 def _start_ray(

@@ -10,16 +10,11 @@ filesystem every node mounts, or an object store (s3://, gs://; file:// for a lo
 
 from __future__ import annotations
 
-import os
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.fs as pafs
-import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-from sweep.errors import UsageError
 
 
 def is_uri(storage: str) -> bool:
@@ -46,9 +41,13 @@ def exists(path: str) -> bool:
 
 
 def read_text(path: str) -> str:
+    return read_bytes(path).decode()
+
+
+def read_bytes(path: str) -> bytes:
     fs, inner = _fs(path)
     with fs.open_input_stream(inner) as f:
-        return f.read().decode()
+        return f.read()
 
 
 def write_text(path: str, text: str) -> None:
@@ -119,28 +118,3 @@ def human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
-
-
-@ray.remote(num_cpus=0)
-def _exists(path: str) -> bool:
-    return os.path.exists(path)
-
-
-def check_visible_everywhere(paths: dict[str, Path]) -> None:
-    """On a multi-node cluster, trials read the feature cache and write checkpoints on whatever
-    node they land on: both must be on storage every node mounts. Checked on each alive node."""
-    nodes = [n for n in ray.nodes() if n["Alive"]]
-    if len(nodes) < 2:
-        return
-    for node in nodes:
-        pin = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-        for flag, path in paths.items():
-            if "://" in str(path):  # an object-store URI: Tune reaches it from every node itself
-                continue
-            if not ray.get(_exists.options(scheduling_strategy=pin).remote(str(path))):
-                raise UsageError(
-                    f"{flag} {path.parent if flag == '--cache' else path} is not visible on Ray node "
-                    f"{node['NodeManagerAddress']} ({node['NodeID'][:8]}): on a cluster, put it on a "
-                    "filesystem every node mounts (NFS, a shared volume); --storage may also be an "
-                    "object-store URI (s3://...)."
-                )

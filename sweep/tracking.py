@@ -313,3 +313,26 @@ def git_commit(folder: Path) -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def sweep_params(plan) -> dict:
+    """The sweep's parent run params (plan: a sweep.plan.SweepPlan): what the sweep is, as MLflow shows it."""
+    return {
+        "space": plan.space,
+        "search": plan.search,
+        "preset": plan.preset.name,
+        "num_samples": plan.num_samples,
+        "steps_per_10k": plan.preset.steps_per_10k,
+        "scheduler": plan.scheduler,
+        "seed": plan.seed,
+        "codec": plan.codec,
+        "data": plan.data,
+        "cpus_per_trial": plan.cpus_per_trial,
+        "gpus_per_trial": plan.gpus_per_trial,
+        "compile": plan.compiled,
+        "fused_optimizer": plan.fused_optimizer,
+        "mps": plan.mps,
+        "without": ",".join(plan.without) or "none",
+        "constraint": plan.describe_constraint(),
+        **{f"fixed.{k}": v for k, v in plan.fixed.items()},
+    }

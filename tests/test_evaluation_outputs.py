@@ -120,6 +120,8 @@ def test_rollout_wavs_decode_the_whole_modified_sequence(vae_and_latents, tmp_pa
         assert rate == 24000 and len(recon) == frames * 1920
         assert len(sf.read(tmp_path / f"{ex.utterance_id}_orig.wav")[0]) == frames * 1920
         start = frames // 3
+        window = json.loads((tmp_path / "rollouts.json").read_text())[ex.utterance_id]  # the page clips there
+        assert window["start_frame"] == start and window["lengths"] == [1, 2, 4, 8, 16]
         for n in (1, 2, 4, 8, 16):
             rolled, _ = sf.read(tmp_path / f"{ex.utterance_id}_roll{n:02d}.wav")
             decoded = np.clip(decode(rollout_latents(mdn, ex.latents, start, n)), -1, 1)
