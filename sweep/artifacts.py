@@ -74,21 +74,25 @@ def plot_injection_curves(curves, path: Path) -> Path:
 
 
 def plot_rollout_vs_horizon(frame, path: Path) -> Path:
-    """Rollout delta-NLL per latent dimension against h, one line per trial (non-finite points omitted)."""
+    """Delta-NLL per latent dimension against h, one colour per trial: the free-running rollout (solid)
+    and the teacher-forced h-step prediction (dashed), non-finite points omitted."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    columns = sorted((c for c in frame.columns if c.startswith("rollout/k") and c[9:].isdigit()),
-                     key=lambda c: int(c[9:]))  # fmt: skip
+    hs = sorted(int(c[9:]) for c in frame.columns if c.startswith("rollout/k") and c[9:].isdigit())
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    hs = [int(c[9:]) for c in columns]
-    for _, row in frame.iterrows():
-        values = [row[c] / row["dim"] if math.isfinite(row[c]) else math.nan for c in columns]
-        ax.plot(hs, values, marker="o", label=row["label"])
+    for i, (_, row) in enumerate(frame.iterrows()):
+        for kind, style in (("rollout", "-"), ("teacher", "--")):
+            values = [row.get(f"{kind}/k{h}", math.nan) for h in hs]
+            values = [v / row["dim"] if math.isfinite(v) else math.nan for v in values]
+            label = row["label"] if kind == "rollout" else None
+            ax.plot(
+                hs, values, style, marker="o" if kind == "rollout" else None, color=f"C{i % 10}", label=label
+            )
     ax.axhline(0.0, color="grey", lw=0.8)
     if hs:
         ax.set_xscale("log", base=2)
         ax.set_xticks(hs, [str(h) for h in hs])
-    ax.set_xlabel("rollout horizon h (frames of 80 ms)")
-    ax.set_ylabel("rollout delta-NLL (nats / dim)")
+    ax.set_xlabel("horizon h (frames of 80 ms)")
+    ax.set_ylabel("delta-NLL (nats / dim): rollout solid, teacher dashed")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -211,3 +211,9 @@ class TrialParams:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def run_params(self) -> dict:
+        """The trial's params in MLflow: all but the seed, which is a tag. MLflow's compare view plots
+        the first three differing params (alphabetically) by default: beta, dim, steps, not the seed,
+        which differs between every two trials."""
+        return {k: v for k, v in self.to_dict().items() if k != "seed"}

@@ -31,6 +31,7 @@ from sweep.data import DataError
 from sweep.errors import UsageError
 from sweep.events import TrialEvents, TrialLifecycle
 from sweep.features import prepare_data
+from sweep.listening import PAGE_FILE, write_reference_clips
 from sweep.mps import mps_daemon, sigterm_as_exit
 from sweep.plan import SweepPlan
 from sweep.search import load_study, param_space, scheduler, searcher
@@ -173,10 +174,13 @@ def _prepare(plan: SweepPlan) -> tuple[TrialContext, dict]:
     cache, train_ids, eval_ids = prepared.cache, prepared.train_ids, prepared.eval_ids
     if not plan.codec_reference:  # measured once per sweep; a resumed sweep keeps its own
         reference_ids = eval_ids[: preset.recon_utterances]  # the utterances each trial's recon/* scores
+        decode = codec_decoder(codec.to(device).eval(), device)
         plan.codec_reference = reconstruction_metrics(  # the codec's own: encode -> decode, no bottleneck
-            codec_decoder(codec.to(device).eval(), device),
-            [cache.latents(i) for i in reference_ids],
-            [cache.audio(i) for i in reference_ids],
+            decode, [cache.latents(i) for i in reference_ids], [cache.audio(i) for i in reference_ids]
+        )
+        listened = eval_ids[: preset.audio_utterances]  # those each trial writes rollout WAVs for
+        write_reference_clips(  # the listening page's reference row
+            decode, [(cache.utterances[i].utterance_id, cache.latents(i)) for i in listened], plan.summary_dir
         )
         log.info(
             "the codec's own reconstruction (the sweep's reference): %s",
@@ -347,7 +351,7 @@ def _finish(plan: SweepPlan, tracking: SweepTracking, grid) -> int:
     summary = summarise(frame, load_study(plan), codec=plan.codec, reference=plan.codec_reference)
     summary.storage = storage_report(plan, tracking)
     try:
-        publish_summary(tracking, frame, summary, plan.summary_dir)
+        publish_summary(tracking, frame, summary, plan.summary_dir, plan.experiment_dir)
     except Exception as err:  # MLflow away at the end: the sweep is done and in Tune's storage
         print(
             f"\nWARNING: MLflow at {plan.mlflow_uri} failed ({type(err).__name__}: {str(err)[:200]}); "
@@ -395,6 +399,10 @@ def _print_summary(plan: SweepPlan, tracking: SweepTracking, summary, grid) -> N
         print(f"    then http://127.0.0.1:5000/#/experiments/{tracking.experiment_id}")
     else:
         print(f"  {store}/#/experiments/{tracking.experiment_id}")
+    page = plan.summary_dir / PAGE_FILE
+    if page.exists():
+        print(f"  listening page: {page}  (also on the parent run in MLflow; a browser opens the file)")
+        print(f"    or serve it: python -m sweep.report {plan.experiment} --storage {plan.storage}")
     if plan.search == "optuna":
-        print(f"  optuna-dashboard {plan.optuna_uri} --host 127.0.0.1   (pip install optuna-dashboard)")
+        print(f'  optuna-dashboard {plan.optuna_uri} --host 127.0.0.1   (pip install -e ".[ui]")')
     print(f"  Tune results: {plan.experiment_dir}")

@@ -7,8 +7,8 @@
 The summary is built from what trials reported to Tune (the results in its storage), so it needs
 nothing from MLflow and can be rebuilt after the fact. It is logged to the sweep's parent run:
 `summary.csv`, `summary.md`, `plots/rollout_vs_h.png`, `plots/pareto.png`, `importances.json`,
-`verdict.md`; MLflow compares metrics across runs, but not artifacts (mlflow#2696), so this is
-where trials are read side by side.
+`verdict.md`, `listening.html`; MLflow compares metrics across runs, but not artifacts (mlflow#2696),
+so this is where trials are read (and heard) side by side.
 
 Rows are trials (`t007`), never labels: repeats of a configuration and near-equal betas each keep
 their row, and a repeated configuration also gets its mean, spread and n. Only completed trials that
@@ -33,6 +33,7 @@ import pandas as pd
 from evaluation.report import decision_gate, markdown_table, metrics_report
 from sweep.artifacts import plot_pareto, plot_rollout_vs_horizon
 from sweep.config import Preset, TrialParams, trial_number, trial_seed
+from sweep.listening import write_listening_page
 from sweep.objective import (
     COMPLETED,
     CONSTRAINT,
@@ -296,25 +297,27 @@ def importances(study) -> dict | str:
     return out
 
 
-def log_summary(tracking: SweepTracking, frame: pd.DataFrame, summary: Summary, folder: Path) -> list[Path]:
-    """Write the summary files under `folder` and log them to the parent run."""
+def log_summary(
+    tracking: SweepTracking, frame: pd.DataFrame, summary: Summary, folder: Path, experiment_dir: str = ""
+) -> list[Path]:
+    """Write the summary files under `folder` and log them to the parent run; with `experiment_dir`
+    (Tune's folder, where the trials' WAVs are) the listening page too (sweep/listening.py)."""
     folder.mkdir(parents=True, exist_ok=True)
     files = [
         _write(folder / "summary.md", summary.text()),
         _write(folder / "verdict.md", summary.verdict + "\n"),
         _write(folder / "importances.json", json.dumps(summary.importances, indent=2)),
     ]
-    plots = []
+    plots = write_plots(frame, folder)
     if not frame.empty:
         frame.to_csv(folder / "summary.csv", index=False)
         files.append(folder / "summary.csv")
-        completed = frame[frame["status"] == COMPLETED]  # probe values are never plotted as final ones
-        completed = completed.assign(label=completed["trial"] + " " + completed["label"])
-        for plot, name in ((plot_rollout_vs_horizon, "rollout_vs_h.png"), (plot_pareto, "pareto.png")):
-            try:  # a plot that cannot be drawn must not cost the sweep its summary
-                plots.append(plot(completed, folder / "plots" / name))
-            except (ValueError, KeyError, TypeError) as err:
-                log.warning("skipped the %s plot: %s", name, err)
+        if experiment_dir:
+            try:  # like a plot: a page that cannot be built must not cost the sweep its summary
+                page = write_listening_page(frame, experiment_dir, folder, Path(experiment_dir).name, plots)
+                files += [page] if page else []
+            except (OSError, ValueError, KeyError, RuntimeError) as err:
+                log.warning("skipped the listening page: %s", err)
     client = mlflow_client(tracking.uri)
     for path in files:
         client.log_artifact(tracking.parent_run_id, str(path))
@@ -325,14 +328,31 @@ def log_summary(tracking: SweepTracking, frame: pd.DataFrame, summary: Summary, 
     return files
 
 
+def write_plots(frame: pd.DataFrame, folder: Path) -> list[Path]:
+    """folder/plots/rollout_vs_h.png and pareto.png, of the completed trials (probe values are never
+    plotted as final ones); a plot that cannot be drawn is skipped with a warning."""
+    if frame.empty:
+        return []
+    completed = frame[frame["status"] == COMPLETED]
+    completed = completed.assign(label=completed["trial"] + " " + completed["label"])
+    plots = []
+    for plot, name in ((plot_rollout_vs_horizon, "rollout_vs_h.png"), (plot_pareto, "pareto.png")):
+        try:  # a plot that cannot be drawn must not cost the sweep its summary
+            plots.append(plot(completed, folder / "plots" / name))
+        except (ValueError, KeyError, TypeError) as err:
+            log.warning("skipped the %s plot: %s", name, err)
+    return plots
+
+
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
 
 
-def publish_summary(tracking: SweepTracking, frame, summary, folder: Path) -> None:
-    """Close any child run the callback missed, log the summary to the parent run, end it."""
+def publish_summary(tracking: SweepTracking, frame, summary, folder: Path, experiment_dir: str = "") -> None:
+    """Close any child run the callback missed, log the summary (and the listening page) to the parent
+    run, end it."""
     for trial_id, status in zip(frame.get("trial_id", []), frame.get("status", []), strict=True):
         end_trial_run(tracking, trial_id, status)
-    log_summary(tracking, frame, summary, folder)
+    log_summary(tracking, frame, summary, folder, experiment_dir)
     finish_sweep(tracking)

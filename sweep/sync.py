@@ -44,14 +44,14 @@ def sync_sweep(plan: SweepPlan, mlflow_uri: str | None = None) -> dict:
     uri = mlflow_uri or plan.mlflow_uri
     check_reachable(uri)
     tracking = _parent(plan, uri)
-    trials = _trials(Path(plan.experiment_dir))
+    trials = stored_trials(Path(plan.experiment_dir))
     sent = {"trials": 0, "reports": 0, "files": 0}
     for trial in trials:
         name = trial.folder.name
         seed = trial_seed(plan.seed, trial_number(name))
         params = TrialParams.from_config({**plan.fixed, **trial.config}, plan.preset, seed)
         run = TrialRun.find_or_create(
-            tracking, trial.trial_id, f"{name} {params.label(plan.varied)}", params.to_dict(),
+            tracking, trial.trial_id, f"{name} {params.label(plan.varied)}", params.run_params(),
             {"sweep.trial_name": name, "seed": str(seed)}, count_attempt=False,
         )  # fmt: skip
         rungs = plan.rungs(params.train_steps)
@@ -64,6 +64,7 @@ def sync_sweep(plan: SweepPlan, mlflow_uri: str | None = None) -> dict:
         frame,
         summarise(frame, load_study(plan), codec=plan.codec, reference=plan.codec_reference),
         plan.summary_dir,
+        plan.experiment_dir,
     )
     return sent
 
@@ -91,7 +92,7 @@ def trial_reports(experiment_dir: Path) -> dict[str, list[dict]]:
     }
 
 
-def _trials(experiment_dir: Path) -> list[SimpleNamespace]:
+def stored_trials(experiment_dir: Path) -> list[SimpleNamespace]:
     """Each trial's reports and config, shaped like the Tune results the summary reads."""
     trials = []
     for name, rows in trial_reports(experiment_dir).items():

@@ -232,7 +232,7 @@ def _child_run(context: TrialContext, params: TrialParams, name: str, node_id: s
             context.tracking,
             trial_id=trial.get_trial_id(),
             name=f"{name} {params.label(context.varied)}",
-            params={**params.to_dict(), **{f"preset.{k}": v for k, v in context.preset.to_dict().items()}},
+            params={**params.run_params(), **{f"preset.{k}": v for k, v in context.preset.to_dict().items()}},
             tags={"sweep.trial_name": name, "seed": str(params.seed)},
         )
     except Exception as err:  # MLflow away: train anyway; `python -m sweep.sync` sends the results later

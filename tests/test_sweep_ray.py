@@ -2,18 +2,33 @@
 
 import contextlib
 import io
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
+import urllib.request
+from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
+from browser import (
+    AUDIO_DURATIONS,
+    CHROMIUM,
+    chromium,
+    close_mlflow_assistant,
+    frame_with_audio,
+    free_port,
+    screenshot,
+    ui_server,
+)
 from helpers import check_trial_folder, folder_bytes, launch_command, trial_reports
 from mlflow import MlflowClient
 
 from sweep.launch import main
+from sweep.objective import ROLLOUT_OBJECTIVE
 from sweep.tracking import PARENT_TAG, ROLE_TAG, TRIAL_TAG
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -94,9 +109,12 @@ def test_mlflow_holds_one_parent_and_a_child_per_trial(smoke_sweep):
         assert len(wavs) >= 7  # orig, recon, 5 rollout lengths
         for key in CHILD_TAGS:
             assert key in child.data.tags, key
-        assert {"beta", "dim", "steps", "train_steps"} <= set(child.data.params)
+        # MLflow's compare view plots the first three differing params (alphabetically) as it opens:
+        # beta, dim, then steps where a space varies it; the seed, which differs everywhere, is a tag
+        params = set(child.data.params)
+        assert {"beta", "dim", "steps", "train_steps"} <= params and "seed" not in params
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"summary.csv", "summary.md", "verdict.md", "importances.json"} <= parent_files
+    assert {"summary.csv", "summary.md", "verdict.md", "importances.json", "listening.html"} <= parent_files
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert plots == {"plots/rollout_vs_h.png", "plots/pareto.png"}
     assert "verdict" in "".join(parent.data.tags) and parent.info.status == "FINISHED"
@@ -155,7 +173,7 @@ def test_tiny_grid_leaves_every_trial_folder_complete_and_storage_bounded(
     )
     pairs = {(float(r.data.params["beta"]), int(r.data.params["dim"])) for r in runs}
     assert len(runs) == 16 and pairs == {(b, d) for b in (0.001, 0.01, 0.1, 1.0) for d in (16, 32, 64, 128)}
-    assert len({r.data.params["seed"] for r in runs}) == 16
+    assert len({r.data.tags["seed"] for r in runs}) == 16 and not any("seed" in r.data.params for r in runs)
     assert {(r.data.params["steps"], r.data.params["lambda_pred"]) for r in runs} == {
         ("10000", "0.0")
     }  # baseline
@@ -249,3 +267,69 @@ def test_asha_decides_on_the_cheap_battery_and_stopped_trials_are_pruned(ray_clu
     assert sorted(t.user_attrs["step"] for t in pruned) == sorted(stopped["step"].astype(float)), states
     for name in stopped["trial"]:
         assert check_trial_folder(tmp_path / "sweep-results" / "asha" / name) == "stopped early"
+
+
+def test_the_listening_page_plays_from_its_file_and_in_mlflow_and_the_compare_view_needs_no_setup(
+    smoke_sweep, tmp_path
+):
+    """Headless Chromium opens the sweep's listening page from its file and from the parent run's
+    artifact view in MLflow's UI: every player loads (a duration > 0: 2 reference clips and 6 per trial
+    for the smoke preset's one utterance). MLflow's compare view of the child runs then plots beta and
+    dim against the objective as it opens."""
+    workdir, *_ = smoke_sweep
+    _, parents, children = _runs(workdir)
+    parent = parents[0].info
+    page_file = workdir / "sweep-results" / "smoke-test" / "summary" / "listening.html"
+    expected = 2 + 6 * len(children)
+    with chromium() as page:
+        page.goto(page_file.as_uri())
+        durations = page.evaluate(AUDIO_DURATIONS)
+        assert len(durations) == expected and min(durations) > 0, durations
+        screenshot(page, "listening-page", tmp_path, full_page=True)
+        port = free_port()
+        store = f"sqlite:///{workdir / 'mlflow.db'}"
+        server = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
+                  "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+        with ui_server(server, port) as base:
+            page.goto(
+                f"{base}/#/experiments/{parent.experiment_id}/runs/{parent.run_id}/artifacts/listening.html"
+            )
+            durations = frame_with_audio(page).evaluate(AUDIO_DURATIONS)
+            assert len(durations) == expected and min(durations) > 0, durations
+            close_mlflow_assistant(page)
+            screenshot(page, "mlflow-listening-page", tmp_path)
+            runs = ",".join(f'"{c.info.run_id}"' for c in children)
+            page.goto(f'{base}/#/compare-runs?runs=[{runs}]&experiments=["{parent.experiment_id}"]')
+            page.get_by_text("Parallel Coordinates Plot").first.wait_for(timeout=60_000)
+            page.wait_for_timeout(3000)  # the plot draws after the runs load
+            close_mlflow_assistant(page)
+            assert "beta" in page.inner_text("body") and "dim" in page.inner_text("body")
+            metrics = page.get_by_role("combobox").nth(1)  # it opens on the first metric: a training curve
+            metrics.click()
+            for key in ("Backspace", *ROLLOUT_OBJECTIVE, "Enter", "Escape"):  # as a user picks it
+                page.keyboard.press(key)
+            page.wait_for_timeout(2000)
+            assert metrics.get_attribute("aria-description") == ROLLOUT_OBJECTIVE
+            screenshot(page, "mlflow-compare-runs", tmp_path)
+
+
+def test_optuna_dashboard_from_the_ui_extra_opens_the_sweeps_study(smoke_sweep, tmp_path):
+    """`pip install -e ".[ui]"` brings optuna-dashboard; the command the sweep prints serves its study."""
+    pytest.importorskip("optuna_dashboard", reason='pip install -e ".[ui]" brings optuna-dashboard')
+    workdir, *_ = smoke_sweep
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "optuna-dashboard"), f"sqlite:///{workdir / 'optuna.db'}",
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    with ui_server(command, port, "/api/studies") as base:
+        with urllib.request.urlopen(f"{base}/api/studies", timeout=30) as answer:
+            studies = json.load(answer)["study_summaries"]
+        assert [s["study_name"] for s in studies] == ["smoke-test"]
+        assert studies[0]["directions"] == ["minimize", "minimize"]
+        with urllib.request.urlopen(f"{base}/dashboard", timeout=30) as answer:
+            assert answer.status == 200
+        if CHROMIUM:  # and how it looks, for the README
+            with chromium() as page:
+                page.goto(f"{base}/dashboard/studies/{studies[0]['study_id']}")
+                page.get_by_text("smoke-test").first.wait_for(timeout=60_000)
+                page.wait_for_timeout(3000)
+                screenshot(page, "optuna-dashboard", tmp_path)
