@@ -333,3 +333,23 @@ def test_optuna_dashboard_from_the_ui_extra_opens_the_sweeps_study(smoke_sweep, 
                 page.get_by_text("smoke-test").first.wait_for(timeout=60_000)
                 page.wait_for_timeout(3000)
                 screenshot(page, "optuna-dashboard", tmp_path)
+
+
+def test_sweep_report_rebuilds_the_listening_page_from_storage_and_serves_it(smoke_sweep, capsys):
+    """`python -m sweep.report <experiment>` rebuilds the page from Tune's storage alone and serves it on
+    127.0.0.1; an unknown experiment is one line and exit 2."""
+    from sweep import report
+
+    workdir, *_ = smoke_sweep
+    page = workdir / "sweep-results" / "smoke-test" / "summary" / "listening.html"
+    page.unlink()
+    storage = str(workdir / "sweep-results")
+    assert report.main(["smoke-test", "--storage", storage, "--no-serve"]) == 0
+    assert page.read_text().count("<audio") == 2 + 6 * 4
+    assert report.main(["no-such-sweep", "--storage", storage]) == 2
+    assert "no sweep 'no-such-sweep'" in capsys.readouterr().err
+    port = free_port()
+    command = [sys.executable, "-m", "sweep.report", "smoke-test", "--storage", storage, "--port", str(port)]
+    with ui_server(command, port, "/listening.html") as base:
+        with urllib.request.urlopen(f"{base}/listening.html", timeout=30) as answer:
+            assert answer.read() == page.read_bytes()
