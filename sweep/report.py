@@ -21,9 +21,9 @@ from pathlib import Path
 from sweep import storage
 from sweep.errors import UsageError, report_usage_error
 from sweep.listening import PAGE_FILE, write_listening_page
-from sweep.plan import PLAN_FILE, SweepPlan
+from sweep.plan import SweepPlan
 from sweep.summary import results_frame, write_plots
-from sweep.sync import stored_trials
+from sweep.sync import stored_plan, stored_trials
 
 
 def build_page(plan: SweepPlan) -> Path:
@@ -61,12 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default %(default)s; 0: any)")
     p.add_argument("--no-serve", action="store_true", help="write the page and print its path only")
     args = p.parse_args(argv)
-    root = storage.resolve_storage(args.storage, Path.cwd())
-    path = storage.join(root, args.experiment, PLAN_FILE)
     try:
-        if not storage.exists(path):
-            raise UsageError(f"no sweep {args.experiment!r} in {root}; pass --storage the folder it used.")
-        page = build_page(SweepPlan.load(path))
+        page = build_page(stored_plan(args.experiment, args.storage))
     except UsageError as err:
         return report_usage_error(err)
     print(f"listening page: {page} ({page.stat().st_size / 1e6:.1f} MB)", flush=True)

@@ -147,6 +147,16 @@ def _send_files(run: TrialRun, folder: Path) -> int:
     return sent
 
 
+def stored_plan(experiment: str, storage_flag: str) -> SweepPlan:
+    """The plan a sweep saved in Tune's storage (`--storage` as given, relative to here); UsageError
+    when there is none."""
+    root = storage.resolve_storage(storage_flag, Path.cwd())
+    path = storage.join(root, experiment, PLAN_FILE)
+    if not storage.exists(path):
+        raise UsageError(f"no sweep {experiment!r} in {root}; pass --storage the folder it used.")
+    return SweepPlan.load(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -154,12 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage", default="sweep-results", help="Tune results folder the sweep used")
     p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: the one the sweep used)")
     args = p.parse_args(argv)
-    root = storage.resolve_storage(args.storage, Path.cwd())
-    path = storage.join(root, args.experiment, PLAN_FILE)
     try:
-        if not storage.exists(path):
-            raise UsageError(f"no sweep {args.experiment!r} in {root}; pass --storage the folder it used.")
-        sent = sync_sweep(SweepPlan.load(path), args.mlflow_uri)
+        sent = sync_sweep(stored_plan(args.experiment, args.storage), args.mlflow_uri)
     except (UsageError, TrackingUnreachable) as err:
         return report_usage_error(err)
     print(
