@@ -144,4 +144,9 @@ def test_paper_sweep_of_two_waves_ends_without_errors_or_retries(speech, tmp_pat
     study = optuna.load_study(study_name="gpu-waves", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     stopped = sum(s == "stopped early" for s in statuses.values())
     assert sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials) == stopped
+    page = experiment / "summary" / "listening.html"  # paper preset: 2 of 10 utterances, 6 clips each
+    completed = sum(s == "completed" for s in statuses.values())
+    assert page.read_text().count("<audio") == 2 * 2 + completed * 2 * 6
+    assert page.stat().st_size < 2_000_000 * (1 + completed)  # a few MB for a 16-trial sweep
+    print(f"\nlistening page: {page.stat().st_size / 1e6:.2f} MB for {completed} completed trials")
     print("\n" + done.stdout[done.stdout.index("# Sweep summary") :])
