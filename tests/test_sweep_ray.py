@@ -269,7 +269,7 @@ def test_asha_decides_on_the_cheap_battery_and_stopped_trials_are_pruned(ray_clu
         assert check_trial_folder(tmp_path / "sweep-results" / "asha" / name) == "stopped early"
 
 
-def test_the_listening_page_plays_from_its_file_and_in_mlflow_and_the_compare_view_needs_no_setup(
+def test_the_listening_page_plays_from_its_file_and_in_mlflow_and_the_compare_view_opens_on_beta_dim(
     smoke_sweep, tmp_path
 ):
     """Headless Chromium opens the sweep's listening page from its file and from the parent run's
