@@ -33,13 +33,15 @@ def build_page(plan: SweepPlan) -> Path:
             f"{plan.storage} is an object store: copy the experiment folder to a local disk first "
             "and pass --storage that folder."
         )
-    trials = stored_trials(Path(plan.experiment_dir))
-    frame = results_frame(trials, plan.varied, plan.preset, plan.seed, fixed=plan.fixed)
-    page = write_listening_page(
-        frame, plan.experiment_dir, plan.summary_dir, plan.experiment, write_plots(frame, plan.summary_dir)
-    ) if not frame.empty else None  # fmt: skip
+    nothing = UsageError(f"{plan.experiment} has no completed trial with rollout audio yet: nothing to hear.")
+    frame = results_frame(stored_trials(Path(plan.experiment_dir)), plan.varied, plan.preset, plan.seed,
+                          fixed=plan.fixed)  # fmt: skip
+    if frame.empty:
+        raise nothing
+    plots = write_plots(frame, plan.summary_dir)
+    page = write_listening_page(frame, plan.experiment_dir, plan.summary_dir, plan.experiment, plots)
     if page is None:
-        raise UsageError(f"{plan.experiment} has no completed trial with rollout audio yet: nothing to hear.")
+        raise nothing
     return page
 
 
