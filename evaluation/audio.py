@@ -27,8 +27,8 @@ import pandas as pd
 import soundfile as sf
 import torch
 
-from models.codec import FRAME_SIZE, SAMPLE_RATE
 from models.mdn import MDN
+from models.spec import FRAME_SIZE, SAMPLE_RATE
 
 ROLLOUT_LENGTHS = (1, 2, 4, 8, 16)
 ROLLOUT_WINDOWS = "rollouts.json"  # beside the WAVs: {name: {"start_frame", "lengths", ...}}

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from evaluation.diagnostics import BatteryConfig, run_battery
-from models.codec import FRAME_RATE
+from models.spec import FRAME_RATE
 
 
 def linear_gaussian_latents(utterances: int, frames: int, dim: int, seed: int = 0) -> list[np.ndarray]:

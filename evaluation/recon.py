@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from models.codec import SAMPLE_RATE
+from models.spec import SAMPLE_RATE
 
 MEL_WINDOWS = (32, 64, 128, 256, 512, 1024, 2048)
 MEL_BANDS = (5, 10, 20, 40, 80, 160, 320)

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-STFT_WINDOWS = (256, 512, 1024, 2048)
+from models.spec import STFT_WINDOWS
+
 _LOG_FLOOR = 1e-5  # magnitude floor before the log, so silence gives finite log-magnitudes
 
 

@@ -35,7 +35,8 @@ import torch
 
 from models import losses
 from models.runtime import autocast
-from models.vae import BetaVAE, LatentPredictor, VAEConfig
+from models.spec import VAEConfig
+from models.vae import BetaVAE, LatentPredictor
 
 CHECKPOINT_WEIGHTS = "weights.pt"
 CHECKPOINT_OPTIMIZER = "optimizer.pt"  # absent from a finished trial's checkpoint: weights are what it keeps

@@ -10,67 +10,13 @@ Mimi-style decoder through Conv1d(32 -> 512, kernel 1)).
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
-
 import numpy as np
 import torch
 from torch import nn
 
-from models.losses import STFT_WINDOWS
+from models.spec import VAEConfig  # noqa: F401 -- a trial's VAE config, re-exported beside the VAE
 
 LOGVAR_RANGE = (-30.0, 20.0)  # keeps exp(logvar) finite in bf16/fp32; far outside any useful posterior
-
-
-@dataclass(frozen=True)
-class VAEConfig:
-    """A trial's VAE identity: bottleneck, loss weights, optimiser settings."""
-
-    latent_dim: int = 32
-    beta: float = 0.01
-    lambda_smooth: float = 0.0
-    lambda_pred: float = 0.0
-    lr: float = 1e-4
-    pred_lr: float = 1e-3
-    pred_context: int = 8
-    pred_hidden: int = 256
-    stft_windows: tuple[int, ...] = STFT_WINDOWS
-    grad_clip: float | None = None
-
-    def __post_init__(self):
-        checks = [
-            (self.latent_dim >= 1, f"latent_dim must be >= 1, got {self.latent_dim}"),
-            (
-                math.isfinite(self.beta) and self.beta >= 0,
-                f"beta must be a finite number >= 0, got {self.beta}",
-            ),
-            (self.lambda_smooth >= 0, f"lambda_smooth must be >= 0, got {self.lambda_smooth}"),
-            (self.lambda_pred >= 0, f"lambda_pred must be >= 0, got {self.lambda_pred}"),
-            (
-                self.lr > 0 and self.pred_lr > 0,
-                f"learning rates must be > 0, got lr={self.lr}, pred_lr={self.pred_lr}",
-            ),
-            (self.pred_context >= 1, f"pred_context must be >= 1, got {self.pred_context}"),
-            (len(self.stft_windows) > 0, "stft_windows must name at least one window size"),
-            (
-                self.grad_clip is None or self.grad_clip > 0,
-                f"grad_clip must be > 0 or None, got {self.grad_clip}",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["stft_windows"] = list(self.stft_windows)
-        return out
-
-    @classmethod
-    def from_dict(cls, values: dict) -> VAEConfig:
-        values = dict(values)
-        values["stft_windows"] = tuple(values.get("stft_windows", STFT_WINDOWS))
-        return cls(**values)
 
 
 class BetaVAE(nn.Module):

@@ -243,10 +243,14 @@ def _sweep_run(args, device: torch.device, data: Path, workdir: Path, mps: bool)
     reports = trial_reports(workdir / "results" / experiment)
     errored = [name for name, rows in reports.items() if rows[-1].get(STATUS) != COMPLETED]
     entry = sweep_breakdown(reports, slots, started, ended)
-    ready = re.search(r"trials start ([0-9.]+) s after launch \((.*) s\)", logfile.read_text())
+    log_text = logfile.read_text()
+    ready = re.search(r"trials start ([0-9.]+) s after launch \((.*) s\)", log_text)
     entry["driver_ready_s"] = float(ready.group(1)) if ready else None  # of `start`: the driver's part
     stages = re.findall(r"([^,]+?) ([0-9.]+)(?:, |$)", ready.group(2)) if ready else []
     entry["driver_stages"] = {stage: float(seconds) for stage, seconds in stages}
+    data = re.search(r"the trials' data is ready ([0-9.]+) s after launch \(data ([0-9.]+) s\)", log_text)
+    if data:  # prepared beside the trials' start (sweep/gate.py): when the gate opened, what it took
+        entry["data_ready_s"], entry["driver_stages"]["data"] = float(data.group(1)), float(data.group(2))
     return {"space": args.space, "sweep_steps": args.sweep_steps, "mps": mps, "without": args.without,
             "gpus": gpus, "errored": errored, "log": str(logfile), "when": time.strftime("%Y-%m-%d %H:%M:%S"),
             **entry}  # fmt: skip

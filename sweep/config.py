@@ -19,7 +19,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from models.vae import VAEConfig
+from models.spec import VAEConfig
 
 PAPER_STEPS = 10_000  # the step count a space's "10k" stands for; presets scale it
 

@@ -22,10 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio
 
-from models.codec import SAMPLE_RATE
+from models.spec import SAMPLE_RATE
 
 AUDIO_EXTENSIONS = (".flac", ".wav")
 DEFAULT_MAX_UTTERANCES = 5000
@@ -114,13 +112,17 @@ def split_by_speaker(
 
 
 @lru_cache(maxsize=16)
-def _resampler(orig_rate: int, new_rate: int) -> torchaudio.transforms.Resample:
+def _resampler(orig_rate: int, new_rate: int):
+    import torchaudio  # here, not at the top: sweep.launch checks --data with this module, without torch
+
     return torchaudio.transforms.Resample(orig_rate, new_rate)
 
 
 def read_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """(N,) float32 mono at `sample_rate`: channels averaged, resampled with torchaudio.
     Raises soundfile's errors for unreadable files."""
+    import torch
+
     data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (N, C)
     mono = torch.from_numpy(data.mean(axis=1))
     if rate != sample_rate:

@@ -1,8 +1,11 @@
-"""Running a validated SweepPlan: data and feature cache, MLflow parent run, Ray Tune, the summary.
+"""Running a validated SweepPlan: Ray, the MLflow parent run, Ray Tune, the summary.
 
     code = run_sweep(make_plan(parse_args([...]), Path.cwd()), resume=False)
 
-sweep/launch.py validates the flags and calls this; tests call it with tiny plans.
+sweep/launch.py validates the flags and calls this; tests call it with tiny plans. What the trials
+share (sweep/prepare.py: the data split, the feature cache, the codec's reference) is prepared in a
+thread while Ray, MLflow and Tune start and the trials' workers start and import; the trials wait for
+it at the gate (sweep/gate.py).
 """
 
 from __future__ import annotations
@@ -11,35 +14,31 @@ import dataclasses
 import logging
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ray
-import torch
 from ray import tune
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from evaluation.audio import codec_decoder
-from evaluation.trial import reconstruction_metrics
-from models.codec import CodecSpec, CodecWeightsMissing, MimiCodec
 from models.runtime import process_age
-from models.training import StepSettings
+from models.spec import CodecSpec, CodecWeightsMissing
 from sweep import storage
 from sweep.config import trial_name
 from sweep.console import describe, exposure_warning
 from sweep.data import DataError
 from sweep.errors import UsageError
 from sweep.events import TrialEvents, TrialLifecycle
-from sweep.features import prepare_data
-from sweep.listening import PAGE_FILE, write_reference_clips
+from sweep.gate import ContextGate, train_trial
 from sweep.mps import mps_daemon, sigterm_as_exit
 from sweep.plan import SweepPlan
 from sweep.search import load_study, param_space, scheduler, searcher
 from sweep.storage import is_uri
-from sweep.summary import publish_summary, results_frame, summarise
 from sweep.tracking import (
     SweepTracking,
     TrackingUnreachable,
+    add_sweep_tags,
     check_reachable,
     finish_sweep,
     git_commit,
@@ -49,8 +48,9 @@ from sweep.tracking import (
     reopen_sweep_tracking,
     sweep_params,
 )
-from sweep.trainable import train_trial
-from sweep.trial import TrialContext
+
+if TYPE_CHECKING:
+    from sweep.trial import TrialContext
 
 log = logging.getLogger(__name__)
 
@@ -90,59 +90,111 @@ def _run(
     start = {} if start is None else start
     try:
         check_reachable(plan.mlflow_uri)
-        ray_args = (start, "Ray", _start_ray, address, dashboard, plan, dashboard_host, worker_env, verbose)
-        if address or os.environ.get("RAY_ADDRESS") or ray.is_initialized():  # a cluster: checked first
-            info = _timed(*ray_args)
-            context, tags = _timed(start, "data", _prepare, plan)
-        else:  # a local Ray starts while a thread prepares the data (seconds each)
-            with ThreadPoolExecutor(1, thread_name_prefix="prepare") as pool:
-                prepared = pool.submit(_timed, start, "data", _prepare, plan)
-                info = _timed(*ray_args)
-                try:
-                    context, tags = prepared.result()
-                except BaseException:
-                    ray.shutdown()  # started here, for nothing
-                    raise
+    except TrackingUnreachable as err:
+        raise UsageError(str(err)) from None
+    with ThreadPoolExecutor(2, thread_name_prefix="prepare") as pool:
+        prepared = pool.submit(_prepare, plan, start)  # its imports and the data: tens of seconds on a GPU
+        info = _timed(start, "Ray", _start_ray, address, dashboard, plan, dashboard_host, worker_env, verbose)
+        print(describe(plan, *_cluster_size()))
         if not is_uri(plan.storage):
             Path(plan.storage).mkdir(parents=True, exist_ok=True)
+        tracking = _timed(start, "MLflow", _open_tracking, plan, resume)
+        gate = ContextGate(plan.experiment)
+        trainable = tune.with_resources(
+            tune.with_parameters(train_trial, gate=gate),
+            {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial},
+        )
+        # Tune warns when checkpoints come faster than every 5 s: by design in short smoke trials.
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        if (
+            not verbose
+        ):  # Tune's newer console prints its experiment box and a TensorBoard hint at any verbosity
+            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        # Behind a searcher Tune starts a trial once the last one's worker is up: a wave starts together.
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, plan.trials_at_once(*_cluster_size())))
+        if resume:
+            tuner = _restore_tuner(plan, trainable)
+        else:
+            tuner = _new_tuner(plan, trainable, tracking, gate, verbose)
+        opened = pool.submit(_open_gate, gate, prepared, plan, tracking, resume, start)
+        _print_where(plan, tracking, info)
+        log.info(  # sweep.bench reads it
+            "trials start %.1f s after launch (%s s)",
+            process_age(),
+            ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in start.items()),
+        )
+        grid = tuner.fit()
+        failed = opened.exception()
+    if failed is not None:  # the gate closed: no trial trained
+        finish_sweep(tracking, "FAILED")
+        if isinstance(failed, TrackingUnreachable | CodecWeightsMissing | DataError | UsageError):
+            raise UsageError(str(failed)) from None
+        raise failed
+    return _finish(plan, tracking, grid)
+
+
+def _prepare(plan: SweepPlan, start: dict) -> tuple[TrialContext, dict]:
+    """sweep.prepare.prepare_sweep, with its imports (torch, the codec, the evaluation code), in the
+    preparing thread; their seconds into start["data"]."""
+    began = process_age()
+    try:
+        from sweep.prepare import prepare_sweep
+
+        return prepare_sweep(plan)
+    finally:
+        start["data"] = process_age() - began
+
+
+def _open_tracking(plan: SweepPlan, resume: bool) -> SweepTracking:
+    """The sweep's MLflow parent run (the same one on --resume), tagged with what the sweep is; the
+    data's tags follow once it is prepared (_open_gate)."""
+    spec = CodecSpec.parse(plan.codec)
+    tags = {
+        "git.commit": git_commit(Path(__file__).parent),
+        "data.path": plan.data,
+        "codec.id": spec.describe(),
+        "codec.revision": str(spec.fingerprint().get("revision") or "n/a"),
+        "sweep.space": plan.space,
+        "sweep.search": plan.search,
+        "sweep.preset": plan.preset.name,
+        "sweep.experiment": plan.experiment,
+    }
+    if resume:
+        return reopen_sweep_tracking(plan.mlflow_uri, plan.parent_run_id, tags)
+    tracking = open_sweep_tracking(
+        plan.mlflow_uri, plan.experiment, Path(plan.workdir) / "mlartifacts", sweep_params(plan), tags
+    )
+    plan.parent_run_id = tracking.parent_run_id
+    plan.save()
+    return tracking
+
+
+def _open_gate(
+    gate: ContextGate, prepared: Future, plan: SweepPlan, tracking: SweepTracking, resume: bool, start: dict
+) -> None:
+    """Once the preparing thread is done: check that every Ray node sees the cache and the storage, tag
+    the parent run with the data, log the codec's reference, save the plan with it (for --resume), and
+    open the gate with the trials' context. Where any of it fails, close the gate: the sweep stops."""
+    try:
+        context, data_tags = prepared.result()
         check_visible_everywhere(
             {"--cache": Path(context.cache_dir) / "meta.json", "--storage": Path(plan.storage)}
         )
-    except (TrackingUnreachable, CodecWeightsMissing, DataError) as err:
-        raise UsageError(str(err)) from None
-    print(describe(plan, *_cluster_size()))
-    opened = process_age()
-    if resume:
-        tracking = reopen_sweep_tracking(plan.mlflow_uri, plan.parent_run_id, tags)
-    else:
-        tracking = open_sweep_tracking(
-            plan.mlflow_uri, plan.experiment, Path(plan.workdir) / "mlartifacts", sweep_params(plan), tags
-        )
-        plan.parent_run_id = tracking.parent_run_id
+        tracking = add_sweep_tags(tracking, data_tags)
+        if not resume:
+            log_sweep_metrics(tracking, {f"codec/{k}": v for k, v in plan.codec_reference.items()}
+                              | {"constraint/max_recon_mel": plan.recon_bound})  # fmt: skip
         plan.save()
-        log_sweep_metrics(tracking, {f"codec/{k}": v for k, v in plan.codec_reference.items()}
-                          | {"constraint/max_recon_mel": plan.recon_bound})  # fmt: skip
-    start["MLflow"] = process_age() - opened
-    context = dataclasses.replace(context, tracking=tracking)
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, context=context),
-        {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial},
-    )
-    # Tune warns when checkpoints come faster than every 5 s: by design in short smoke trials.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if not verbose:  # Tune's newer console prints its experiment box and a TensorBoard hint at any verbosity
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Behind a searcher Tune starts a trial once the last one's worker is up: a wave starts together instead.
-    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, plan.trials_at_once(*_cluster_size())))
-    tuner = _restore_tuner(plan, trainable) if resume else _new_tuner(plan, trainable, tracking, verbose)
-    _print_where(plan, tracking, info)
-    log.info(  # sweep.bench reads it
-        "trials start %.1f s after launch (%s s)",
+        gate.open(dataclasses.replace(context, tracking=tracking))
+    except BaseException as err:
+        gate.close(str(err))
+        raise
+    log.info(
+        "the trials' data is ready %.1f s after launch (data %.1f s); constraint %s",
         process_age(),
-        ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in start.items()),
+        start["data"],
+        plan.describe_constraint(),
     )
-    grid = tuner.fit()
-    return _finish(plan, tracking, grid)
 
 
 def _timed(seconds: dict, stage: str, fn, *args):
@@ -157,66 +209,6 @@ def _timed(seconds: dict, stage: str, fn, *args):
 def _cluster_size() -> tuple[int, int]:
     """The Ray cluster's CPUs and GPUs."""
     return int(ray.cluster_resources().get("CPU", 0)), int(ray.cluster_resources().get("GPU", 0))
-
-
-def _prepare(plan: SweepPlan) -> tuple[TrialContext, dict]:
-    """The data split and the feature cache, built once here, before any trial starts."""
-    preset = plan.preset
-    data = Path(plan.data)
-    spec = CodecSpec.parse(plan.codec)
-    codec = MimiCodec.from_spec(spec)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    bundled = preset.data is None and preset.codec.startswith("random:")  # smoke and tiny write it if absent
-    prepared = prepare_data(
-        data, codec, plan.cache, max_utterances=preset.max_utterances, min_seconds=preset.crop_seconds,
-        seed=plan.seed, device=device, write_bundled=bundled,
-    )  # fmt: skip
-    cache, train_ids, eval_ids = prepared.cache, prepared.train_ids, prepared.eval_ids
-    if not plan.codec_reference:  # measured once per sweep; a resumed sweep keeps its own
-        reference_ids = eval_ids[: preset.recon_utterances]  # the utterances each trial's recon/* scores
-        decode = codec_decoder(codec.to(device).eval(), device)
-        plan.codec_reference = reconstruction_metrics(  # the codec's own: encode -> decode, no bottleneck
-            decode, [cache.latents(i) for i in reference_ids], [cache.audio(i) for i in reference_ids]
-        )
-        listened = eval_ids[: preset.audio_utterances]  # those each trial writes rollout WAVs for
-        write_reference_clips(  # the listening page's reference row
-            decode, [(cache.utterances[i].utterance_id, cache.latents(i)) for i in listened], plan.summary_dir
-        )
-        log.info(
-            "the codec's own reconstruction (the sweep's reference): %s",
-            ", ".join(f"{name} {value:.3f}" for name, value in plan.codec_reference.items()),
-        )
-    fingerprint = spec.fingerprint()
-    tags = {
-        "git.commit": git_commit(Path(__file__).parent),
-        "data.path": str(data),
-        "data.fingerprint": cache.directory.name,  # the feature-cache key: files, sizes, mtimes, codec
-        "data.utterances": f"{len(train_ids)} train / {len(eval_ids)} eval",
-        "codec.id": spec.describe(),
-        "codec.revision": str(fingerprint.get("revision") or "n/a"),
-        "sweep.space": plan.space,
-        "sweep.search": plan.search,
-        "sweep.preset": preset.name,
-        "sweep.experiment": plan.experiment,
-    }
-    context = TrialContext(
-        preset=preset,
-        cache_dir=str(cache.directory.resolve()),
-        train_ids=tuple(train_ids),
-        eval_ids=tuple(eval_ids),
-        codec=plan.codec,
-        device="cuda" if plan.gpus_per_trial > 0 else "cpu",
-        threads=max(1, int(plan.cpus_per_trial)),
-        seed=plan.seed,
-        varied=plan.varied,
-        probes=plan.scheduler == "asha",
-        fixed=dict(plan.fixed),
-        step=StepSettings(compile=plan.compiled, fused_optimizer=plan.fused_optimizer),
-        keep_optimizer=plan.keep_checkpoints > 1,
-        max_recon_mel=plan.recon_bound,
-        without=tuple(plan.without),
-    )
-    return context, tags
 
 
 def check_visible_everywhere(paths: dict[str, Path]) -> None:
@@ -279,9 +271,10 @@ def _start_ray(
     return info
 
 
-def _run_config(plan: SweepPlan, tracking: SweepTracking, verbose: bool = False) -> tune.RunConfig:
+def _run_config(plan: SweepPlan, tracking: SweepTracking, gate: ContextGate, verbose=False) -> tune.RunConfig:
     return tune.RunConfig(
         name=plan.experiment,
+        stop=gate.stopper(),  # the whole sweep, where preparing the trials' data failed
         storage_path=plan.storage,
         # One resumable checkpoint per trial while it trains (a paper trial's is 460 MB with AdamW's
         # state); the final one is the trained weights alone. --keep-checkpoints N keeps more.
@@ -292,7 +285,9 @@ def _run_config(plan: SweepPlan, tracking: SweepTracking, verbose: bool = False)
     )
 
 
-def _new_tuner(plan: SweepPlan, trainable, tracking: SweepTracking, verbose: bool = False) -> tune.Tuner:
+def _new_tuner(
+    plan: SweepPlan, trainable, tracking: SweepTracking, gate: ContextGate, verbose: bool = False
+) -> tune.Tuner:
     return tune.Tuner(
         trainable,
         param_space=param_space(plan),
@@ -308,7 +303,7 @@ def _new_tuner(plan: SweepPlan, trainable, tracking: SweepTracking, verbose: boo
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),
-        run_config=_run_config(plan, tracking, verbose),
+        run_config=_run_config(plan, tracking, gate, verbose),
     )
 
 
@@ -346,6 +341,8 @@ def _finish(plan: SweepPlan, tracking: SweepTracking, grid) -> int:
             f"  python -m sweep.launch --resume {plan.experiment} --storage {plan.storage}"
         )
         return 130
+    from sweep.summary import publish_summary, results_frame, summarise  # plots, tables: at the end only
+
     frame = results_frame(grid, plan.varied, plan.preset, plan.seed, fixed=plan.fixed)
     frame["failures"] = frame["trial_id"].map(trial_failures(plan.experiment_dir)).fillna(0).astype(int)
     summary = summarise(frame, load_study(plan), codec=plan.codec, reference=plan.codec_reference)
@@ -399,6 +396,8 @@ def _print_summary(plan: SweepPlan, tracking: SweepTracking, summary, grid) -> N
         print(f"    then http://127.0.0.1:5000/#/experiments/{tracking.experiment_id}")
     else:
         print(f"  {store}/#/experiments/{tracking.experiment_id}")
+    from sweep.listening import PAGE_FILE
+
     page = plan.summary_dir / PAGE_FILE
     if page.exists():
         print(f"  listening page: {page}  (also on the parent run in MLflow; a browser opens the file)")

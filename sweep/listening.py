@@ -32,7 +32,7 @@ import soundfile as sf
 
 from evaluation.audio import ROLLOUT_LENGTHS, ROLLOUT_WINDOWS, safe_name, write_wav
 from evaluation.report import GATE_HORIZON, GATES
-from models.codec import FRAME_SIZE, SAMPLE_RATE
+from models.spec import FRAME_SIZE, SAMPLE_RATE
 from sweep import storage
 from sweep.objective import COMPLETED, ROLLOUT_OBJECTIVE
 

@@ -208,7 +208,7 @@ def make_plan(args: argparse.Namespace, workdir: Path) -> SweepPlan:
         optuna_uri=f"sqlite:///{workdir / OPTUNA_STORE}",
         data=str(_data_folder(args.data, preset, workdir)),
         cache=str((workdir / args.cache).resolve()),
-        codec=_check_codec(args.codec or preset.codec),
+        codec=_check_codec(args.codec or preset.codec, loads=not getattr(args, "dry_run", False)),
         seed=args.seed,
         scheduler=preset.scheduler,
         fixed=fixed,
@@ -243,18 +243,18 @@ def _parse_sets(items: list[str], space: str) -> dict:
     return fixed
 
 
-def _check_codec(text: str) -> str:
-    """A codec string that parses, and a local codec folder that holds a saved Mimi. (Whether hub
-    weights are cached is checked by the driver, which loads them.)"""
-    from models.codec import CodecSpec, CodecWeightsMissing, check_local_folder
+def _check_codec(text: str, loads: bool = True) -> str:
+    """A codec string that parses, a local folder that holds a saved Mimi, and (where the sweep `loads`
+    it: not a dry run) hub weights that are cached or can be downloaded (check_pretrained_available)."""
+    from models.spec import CodecSpec, CodecWeightsMissing, check_pretrained_available
 
     if text.startswith(("/", "./", "../", "~")) and not Path(text).expanduser().is_dir():
         raise UsageError(f"--codec {text}: no such folder. Pass a folder holding a saved Mimi, "
                          "kyutai/mimi, or random:full / random:reduced.")  # fmt: skip
     try:
         spec = CodecSpec.parse(text)
-        if spec.source == "pretrained" and Path(spec.model).is_dir():
-            check_local_folder(Path(spec.model))
+        if loads or Path(spec.model).is_dir():
+            check_pretrained_available(spec)
     except (ValueError, CodecWeightsMissing) as err:
         raise UsageError(f"--codec {text}: {err}") from None
     return text

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import torch
 
-from models.codec import CodecSpec
 from models.runtime import pick_device
+from models.spec import CodecSpec, VAEConfig
 from models.training import VAETrainer, save_checkpoint
-from models.vae import VAEConfig
 from sweep.config import PRESETS, TrialParams, trial_name
 from sweep.data import DataError
 from sweep.errors import report_usage_error

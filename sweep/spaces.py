@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ray import tune
 
-from models.vae import VAEConfig
+from models.spec import VAEConfig
 from sweep.config import TrialParams
 
 SEARCHES = ("optuna", "grid")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.codec import FRAME_RATE
+from models.spec import FRAME_RATE
 from sweep.config import PAPER_STEPS, Preset
 from sweep.objective import STARTED, STATUS, TIME_ATTR, WALL
 
@@ -132,7 +132,7 @@ def sweep_breakdown(reports: dict[str, list[dict]], slots: int, started: float, 
                       for k in ("setup", "warmup", "evaluation", "checkpoint", "logging")}
                      | {k: _median_reported(reports, f"time/{k}") for k in (
                          "setup/process", "setup/process/imports", "setup/process/before_imports",
-                         "setup/mlflow", "evaluation/battery", "evaluation/recon_audio")},
+                         "setup/mlflow", "setup/driver", "evaluation/battery", "evaluation/recon_audio")},
     }  # fmt: skip
 
 

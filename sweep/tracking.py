@@ -144,6 +144,15 @@ def reopen_sweep_tracking(uri: str, parent_run_id: str, tags: Mapping[str, str])
     return SweepTracking(uri, run.info.experiment_id, parent_run_id, dict(tags))
 
 
+def add_sweep_tags(sweep: SweepTracking, tags: Mapping[str, str]) -> SweepTracking:
+    """Tag the parent run with `tags` too (the data's, once the driver has prepared it); returns the
+    SweepTracking that carries them to the child runs as well."""
+    client = mlflow_client(sweep.uri)
+    for key, value in tags.items():
+        client.set_tag(sweep.parent_run_id, key, str(value))
+    return SweepTracking(sweep.uri, sweep.experiment_id, sweep.parent_run_id, {**sweep.tags, **tags})
+
+
 def log_sweep_metrics(sweep: SweepTracking, metrics: Mapping[str, float]) -> None:
     """Metrics of the sweep as a whole (the codec's reference reconstruction, the constraint's bound)."""
     stamp = int(time.time() * 1000)

@@ -41,7 +41,7 @@ from ray import tune
 import sweep
 from evaluation.trial import TrialEvaluation
 from models.runtime import process_age
-from models.training import VAETrainer
+from models.training import VAETrainer, checkpoint_state
 from sweep.artifacts import log_trial_evaluation, write_trial_files
 from sweep.config import TrialParams
 from sweep.objective import (
@@ -71,6 +71,7 @@ from sweep.trial import (
     train,
     trial_params,
     write_checkpoint,
+    write_checkpoint_from,
 )
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,9 @@ _IMPORTS_ENDED = time.time()
 _PREVIOUS_TRIAL_ENDED: list[float] = []  # when this worker's last trial returned (a reused worker)
 
 
-def train_trial(config: dict, context: TrialContext) -> None:
+def train_trial(config: dict, context: TrialContext, waited_for_driver: float = 0.0) -> None:
     """The Tune trainable: build, train (reports, probes at rungs, checkpoints), evaluate, report.
+    waited_for_driver: seconds the trial waited for the driver's preparation (sweep/gate.py).
 
     Every trial of a worker process runs on the process's one trial thread (TrialThread): Tune calls
     this in a new thread per trial, and a reused worker's next trial would meet the compiled step's
@@ -87,8 +89,8 @@ def train_trial(config: dict, context: TrialContext) -> None:
     from another thread, and fail an assertion there."""
     try:
         if "worker-reuse" in context.without:
-            return _train_trial(config, context)
-        return TRIAL_THREAD.run(_train_trial, config, context)
+            return _train_trial(config, context, waited_for_driver)
+        return TRIAL_THREAD.run(_train_trial, config, context, waited_for_driver)
     finally:
         _PREVIOUS_TRIAL_ENDED[:] = [time.time()]
 
@@ -135,8 +137,8 @@ class TrialThread:
 TRIAL_THREAD = TrialThread()
 
 
-def _train_trial(config: dict, context: TrialContext) -> None:
-    entered, started = time.perf_counter(), {STARTED: time.time()}
+def _train_trial(config: dict, context: TrialContext, waited_for_driver: float = 0.0) -> None:
+    entered, started = time.perf_counter(), {STARTED: time.time() - waited_for_driver}
     name = tune.get_context().get_trial_name()
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # "Checkpoint successfully created at" lines
     resume = tune.get_checkpoint()
@@ -154,6 +156,8 @@ def _train_trial(config: dict, context: TrialContext) -> None:
     clock.totals["setup"] = time.perf_counter() - entered  # codec, VAE, MLflow run, restore; not Ray's part
     clock.totals["setup/mlflow"] = time.perf_counter() - built  # of which waiting for the MLflow run
     clock.totals.update(_worker_setup(started[STARTED]))
+    if waited_for_driver:
+        clock.totals["setup/driver"] = waited_for_driver  # at the gate (sweep/gate.py), before its set-up
     curves = {}
     with CheckpointWriter() as writer:
         try:
@@ -191,23 +195,26 @@ def _train_trial(config: dict, context: TrialContext) -> None:
 def _finish(trial: Trial, context: TrialContext, run, reported: dict, clock: Clock, scratch: Path) -> dict:
     """The final battery, recon metrics and WAVs; the trial's files into its folder in Tune's storage
     and MLflow; the final checkpoint (scratch/checkpoint: the trained weights, without the optimizer
-    state unless asked: training is over). Returns the final result."""
+    state unless asked: training is over), written while the evaluation runs. Returns the final result."""
     trainer, device, params = trial.trainer, trial.device, trial.params
     folder = scratch / EVALUATION_FOLDER
-    evaluation = clock.timed("evaluation", evaluate, trial, context, folder)
-    values = objective_values(evaluation.metrics, params.dim, context.max_recon_mel)
-    final = {**reported, TIME_ATTR: trainer.step, **evaluation.metrics, **values, WALL: time.time()}
-    final.update({f"time/evaluation/{part}": seconds for part, seconds in evaluation.seconds.items()})
-    if device.type == "cuda":  # what fractional GPUs do not limit (ray#5902): sweep.bench reads it
-        final["gpu/peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    final[STATUS] = COMPLETED
-    files = clock.timed("evaluation", write_trial_files, evaluation, folder)  # tables, plots, report
-    clock.timed("checkpoint", persist_trial_folder, folder)
-    if run:
-        clock.timed("logging", _log_final, run, final, evaluation, files, trainer.step)
-    clock.timed(
-        "checkpoint", write_checkpoint, scratch / "checkpoint", trainer, trial.latest, context.keep_optimizer
-    )
+    state = checkpoint_state(trainer, optimizer=context.keep_optimizer)  # the weights change no more
+    with ThreadPoolExecutor(1, thread_name_prefix="final-checkpoint") as writer:
+        written = writer.submit(write_checkpoint_from, scratch / "checkpoint", state, dict(trial.latest))
+        if "background-io" in context.without:
+            clock.timed("checkpoint", written.result)
+        evaluation = clock.timed("evaluation", evaluate, trial, context, folder)
+        values = objective_values(evaluation.metrics, params.dim, context.max_recon_mel)
+        final = {**reported, TIME_ATTR: trainer.step, **evaluation.metrics, **values, WALL: time.time()}
+        final.update({f"time/evaluation/{part}": seconds for part, seconds in evaluation.seconds.items()})
+        if device.type == "cuda":  # what fractional GPUs do not limit (ray#5902): sweep.bench reads it
+            final["gpu/peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        final[STATUS] = COMPLETED
+        files = clock.timed("evaluation", write_trial_files, evaluation, folder)  # tables, plots, report
+        clock.timed("checkpoint", persist_trial_folder, folder)
+        if run:
+            clock.timed("logging", _log_final, run, final, evaluation, files, trainer.step)
+        clock.timed("checkpoint", written.result)
     return final
 
 

@@ -1,6 +1,7 @@
 """Faults a long sweep meets: diverging training, bad audio files."""
 
 import shutil
+import time
 
 import numpy as np
 import optuna
@@ -42,6 +43,29 @@ def test_diverging_trials_end_cleanly_and_the_searcher_gets_the_surrogate(ray_cl
     study = optuna.load_study(study_name="nan", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert all(t.values == [SURROGATE, SURROGATE] for t in study.trials)
+
+
+def test_a_preparation_that_fails_after_the_trials_started_stops_the_sweep_with_its_reason(
+    ray_cluster, tmp_path, monkeypatch, capsys
+):
+    """The trials start while the driver prepares their data (sweep/gate.py). Where preparing fails, the
+    trials waiting at the gate end without training, Tune stops, and the reason is the one line (exit 2)."""
+    from sweep.data import DataError
+
+    def fails(plan):
+        while not list((tmp_path / "sweep-results" / "unprepared").glob("t00*")):  # a trial has started
+            time.sleep(0.2)
+        raise DataError("data folder x: a speaker-disjoint split needs at least 2 speakers, found 1")
+
+    monkeypatch.setattr("sweep.prepare.prepare_sweep", fails)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--space", "beta_dim", "--steps", "4", "--num-samples", "3", "--experiment", "unprepared"]
+    assert main(argv) == 2
+    assert "needs at least 2 speakers, found 1" in capsys.readouterr().err
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("unprepared").experiment_id])
+    assert [(r.data.tags[ROLE_TAG], r.info.status) for r in runs] == [("sweep", "FAILED")]  # no trial's run
+    assert all(not rows for rows in trial_reports(tmp_path / "sweep-results" / "unprepared").values())
 
 
 def test_bad_audio_is_skipped_and_named_and_all_bad_is_an_error(

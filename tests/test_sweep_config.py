@@ -184,6 +184,22 @@ def test_bad_input_is_explained_before_any_compute(argv, message, tmp_path, monk
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "data").exists()
 
 
+def test_missing_codec_weights_are_explained_before_any_compute(tmp_path, monkeypatch, capsys):
+    """Pretrained weights neither cached nor downloadable: one line with the fixes, before Ray starts
+    (the trials start while the driver prepares, so the driver no longer finds this out by loading them)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--space", "beta_dim", "--codec", "kyutai/mimi"]) == 2
+    err = capsys.readouterr().err
+    assert "are not in the Hugging Face cache" in err and "HF_HUB_OFFLINE is set" in err
+    assert "hf download kyutai/mimi --revision" in err and "--codec random:full" in err
+    assert not (tmp_path / "mlflow.db").exists()
+    assert main(["--space", "beta_dim", "--codec", "kyutai/mimi", "--dry-run"]) == 0  # the plan, all the same
+
+
 def test_empty_data_folder_is_refused(tmp_path, monkeypatch, capsys):
     (tmp_path / "empty").mkdir()
     monkeypatch.chdir(tmp_path)

@@ -108,7 +108,7 @@ def test_projection_closed_forms():
 
 
 def test_compile_auto_is_for_long_gpu_trials(corpus_dir, tmp_path):
-    argv = ["--space", "steps", "--data", str(corpus_dir), "--preset", "paper"]
+    argv = ["--space", "steps", "--data", str(corpus_dir), "--preset", "paper", "--codec", "random:full"]
     cpu = make_plan(parse_args(argv), tmp_path)
     assert cpu.gpus_per_trial == 0 and not cpu.compiled  # no GPU here
     assert dataclasses.replace(cpu, gpus_per_trial=0.25).compiled  # paper steps on a GPU
@@ -120,6 +120,7 @@ def test_compile_auto_is_for_long_gpu_trials(corpus_dir, tmp_path):
 
 def test_dry_run_projects_the_grid_from_measured_rates(corpus_dir, tmp_path):
     argv = ["--space", "beta_dim_steps", "--search", "grid", "--data", str(corpus_dir), "--preset", "paper"]
+    argv += ["--codec", "random:full"]
     plan = dataclasses.replace(make_plan(parse_args(argv), tmp_path), gpus_per_trial=0.25, cpus_per_trial=3)
     assert plan.trial_steps() == [50_000] * 16 + [10_000] * 16  # the grid's order: longest first
     bench = tmp_path / "bench.json"
