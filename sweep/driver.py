@@ -125,6 +125,7 @@ def _run(
         )
         grid = tuner.fit()
         failed = opened.exception()
+        gate.remove()
     if failed is not None:  # the gate closed: no trial trained
         finish_sweep(tracking, "FAILED")
         if isinstance(failed, TrackingUnreachable | CodecWeightsMissing | DataError | UsageError):
@@ -195,6 +196,7 @@ def _open_gate(
         start["data"],
         plan.describe_constraint(),
     )
+    from sweep import summary  # noqa: F401 -- the end's imports (plots, tables), while the trials train
 
 
 def _timed(seconds: dict, stage: str, fn, *args):

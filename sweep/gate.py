@@ -4,7 +4,8 @@ A trial needs what the driver prepares (sweep/prepare.py: the data split, the fe
 codec's reference) and the sweep's MLflow run. On a GPU machine that preparation takes the driver
 tens of seconds (its imports, encoding the data), and a trial's new worker process about as long to
 start and import. So the driver starts Tune first and prepares beside it: each trial does its imports,
-then waits at the gate, which a small actor holds, until the driver opens it with the context.
+then waits at the gate until the driver opens it with the context. The gate is an entry in Ray's
+key-value store (where Tune keeps its own registry), so it needs no process of its own.
 
     gate = ContextGate(plan.experiment)                       # once Ray is up
     tuner = tune.Tuner(tune.with_parameters(train_trial, gate=gate),
@@ -17,13 +18,16 @@ stops Tune, so that the driver can say what went wrong.
 
 from __future__ import annotations
 
-import asyncio
 import time
+import uuid
 
-import ray
+import ray.cloudpickle as pickle
 from ray import tune
+from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_get, _internal_kv_put
 
 _CLOSED: dict[str, str] = {}  # experiment -> why its preparation failed, for PreparationStopper
+_NAMESPACE = "sweep-gate"
+POLL_S = 0.1  # how often a waiting trial looks: a lookup in Ray's GCS, well under a millisecond
 
 
 class PreparationFailed:
@@ -33,39 +37,30 @@ class PreparationFailed:
         self.reason = reason
 
 
-@ray.remote(num_cpus=0)  # takes no trial's CPU
-class _GateKeeper:
-    def __init__(self):
-        self._filled = asyncio.Event()
-        self._value = None
-
-    async def fill(self, value) -> None:
-        self._value = value
-        self._filled.set()
-
-    async def value(self):
-        await self._filled.wait()
-        return self._value
-
-
 class ContextGate:
-    """The driver's side (open, close, stopper) and the trials' (wait). Pickles to the trials with
-    tune.with_parameters: it holds the experiment's name and the actor's handle."""
+    """The driver's side (open, close, stopper, remove) and the trials' (wait). Pickles to the trials
+    with tune.with_parameters: it holds the experiment's name and its key, new for every driver."""
 
     def __init__(self, experiment: str):
         self.experiment = experiment
-        self._keeper = _GateKeeper.remote()
+        self.key = f"{experiment}/{uuid.uuid4().hex}"
 
     def open(self, context) -> None:
-        ray.get(self._keeper.fill.remote(context))
+        _internal_kv_put(self.key, pickle.dumps(context), namespace=_NAMESPACE)
 
     def close(self, reason: str) -> None:
         _CLOSED[self.experiment] = reason
-        ray.get(self._keeper.fill.remote(PreparationFailed(reason)))
+        _internal_kv_put(self.key, pickle.dumps(PreparationFailed(reason)), namespace=_NAMESPACE)
+
+    def remove(self) -> None:
+        """Once the sweep is over: the entry out of Ray's store."""
+        _internal_kv_del(self.key, namespace=_NAMESPACE)
 
     def wait(self):
         """The context once the driver opens the gate (PreparationFailed where it closed it)."""
-        return ray.get(self._keeper.value.remote())
+        while (value := _internal_kv_get(self.key, namespace=_NAMESPACE)) is None:
+            time.sleep(POLL_S)
+        return pickle.loads(value)
 
     def stopper(self) -> PreparationStopper:
         return PreparationStopper(self.experiment)
