@@ -23,7 +23,9 @@ import io
 import json
 import logging
 import math
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -83,9 +85,15 @@ def write_listening_page(
         log.info("no listening page: no completed trial wrote rollout audio")
         return None
     first = next(t for t, w in windows.items() if w)
-    rows = [_reference_row(n, audio[first], folder, windows[first][n]) for n in names]
+    wanted = {**{storage.join(audio[first], f"{n}_orig.wav"): windows[first][n] for n in names},
+              **{str(folder / REFERENCE_AUDIO / f"{n}_codec.wav"): windows[first][n] for n in names},
+              **{storage.join(audio[t], f"{n}_{kind}.wav"): windows[t].get(n)
+                 for t in audio for n in names for kind, _ in TRIAL_CLIPS}}  # fmt: skip
+    with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:  # libsndfile encodes without the GIL
+        clips = dict(zip(wanted, pool.map(_clip, wanted, wanted.values()), strict=True))
+    rows = [_reference_row(n, audio[first], folder, clips) for n in names]
     for metrics in trials:
-        rows += _trial_rows(metrics, names, audio[metrics["trial"]], windows[metrics["trial"]])
+        rows += _trial_rows(metrics, names, audio[metrics["trial"]], clips)
     header = "".join(f"<th>{html.escape(label)}</th>" for _, label in TRIAL_CLIPS)
     figures = "".join(f"<figure><img alt='{p.stem}' src='{_data_uri(p.read_bytes(), 'image/png')}'>"
                       f"<figcaption>{p.name}</figcaption></figure>" for p in plots if p.exists())  # fmt: skip
@@ -100,9 +108,9 @@ def write_listening_page(
     return path
 
 
-def _reference_row(name: str, trial_audio: str, folder: Path, window: dict) -> str:
-    original = _clip(storage.join(trial_audio, f"{name}_orig.wav"), window)
-    codec = _clip(str(folder / REFERENCE_AUDIO / f"{name}_codec.wav"), window)
+def _reference_row(name: str, trial_audio: str, folder: Path, clips: dict) -> str:
+    original = clips[storage.join(trial_audio, f"{name}_orig.wav")]
+    codec = clips[str(folder / REFERENCE_AUDIO / f"{name}_codec.wav")]
     return (
         "<tr class='reference'><th>reference</th><td>the original; the codec's own reconstruction "
         f"(encode -> decode, no bottleneck)</td><td>{html.escape(name)}</td><td>{_player(original)}</td>"
@@ -110,8 +118,8 @@ def _reference_row(name: str, trial_audio: str, folder: Path, window: dict) -> s
     )
 
 
-def _trial_rows(metrics: dict, names: list[str], trial_audio: str, windows: dict) -> list[str]:
-    """One row per utterance; the trial's name and numbers span them."""
+def _trial_rows(metrics: dict, names: list[str], trial_audio: str, clips: dict) -> list[str]:
+    """One row per utterance; the trial's name and numbers span them. clips: {WAV path: MP3 bytes}."""
     span = len(names)
     head = (
         f"<th rowspan='{span}'>{html.escape(metrics['trial'])}<br><small>{html.escape(str(metrics['label']))}"
@@ -120,7 +128,7 @@ def _trial_rows(metrics: dict, names: list[str], trial_audio: str, windows: dict
     rows = []
     for i, name in enumerate(names):
         clips = "".join(
-            f"<td>{_player(_clip(storage.join(trial_audio, f'{name}_{kind}.wav'), windows.get(name)))}</td>"
+            f"<td>{_player(clips[storage.join(trial_audio, f'{name}_{kind}.wav')])}</td>"
             for kind, _ in TRIAL_CLIPS
         )
         rows.append(f"<tr>{head if i == 0 else ''}<td>{html.escape(name)}</td>{_BLANK * 2}{clips}</tr>")
