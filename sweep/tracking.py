@@ -35,6 +35,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
+from sweep.objective import OBJECTIVES
 from sweep.storage import folder_bytes
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,11 @@ class TrialRun:
                     ROLE_TAG: "trial", "sweep.attempt": "1"}  # fmt: skip
         created = _retry(lambda: client.create_run(sweep.experiment_id, run_name=name, tags=all_tags))
         run = cls(client, created.info.run_id)
-        run._call(lambda: client.log_batch(run.run_id, params=_params(params)))
+        # The objectives come first, NaN until the trial's final evaluation measures them: MLflow's
+        # compare view opens on the first metric its runs logged. A trial ASHA stops keeps the NaN.
+        stamp = int(time.time() * 1000)
+        placeholders = [Metric(name, float("nan"), stamp, 0) for name in OBJECTIVES]
+        run._call(lambda: client.log_batch(run.run_id, metrics=placeholders, params=_params(params)))
         return run
 
     def _call(self, fn: Callable) -> None:
