@@ -6,11 +6,12 @@
     python -m sweep.launch --space beta_dim --preset paper --data ... --dry-run   # the plan, nothing runs
     python -m sweep.launch --resume beta_dim-smoke-20261125-210305          # after a crash or Ctrl-C
 
-Everything is checked before any compute: a bad flag, an empty data folder, an unreachable MLflow
-URI or a GPU request without a GPU stops here with the problem and the fix. Then the driver builds
-the shared feature cache once, creates the MLflow experiment and the sweep's parent run, and
-hands both to the trials (sweep/trial.py). At the end it prints the summary table, the
-seed-shaped tables of the best trials, the decision-gate verdict, and how to open each UI.
+Everything is checked before any compute: a bad flag, an empty data folder, missing codec weights,
+an unreachable MLflow URI or a GPU request without a GPU stops here with the problem and the fix.
+Then the driver starts Ray, the MLflow experiment and the sweep's parent run, and Tune, while it
+builds the shared feature cache once, which the trials wait for (sweep/gate.py). At the end it
+prints the summary table, the seed-shaped tables of the best trials, the decision-gate verdict, and
+how to open each UI.
 What every metric, the objective, the constraint and the two gates mean: docs/science.md.
 """
 
