@@ -44,6 +44,7 @@ class ContextGate:
     def __init__(self, experiment: str):
         self.experiment = experiment
         self.key = f"{experiment}/{uuid.uuid4().hex}"
+        _CLOSED.pop(experiment, None)  # a sweep resumed in the same process after a failed preparation
 
     def open(self, context) -> None:
         _internal_kv_put(self.key, pickle.dumps(context), namespace=_NAMESPACE)
