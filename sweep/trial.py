@@ -229,6 +229,11 @@ class CheckpointWriter:
             trainer.step,
         )
 
+    def settle(self) -> None:
+        """Wait until a write under way is complete (it stays to be handed over)."""
+        if self._pending is not None:
+            self._pending.result()
+
     def written(self) -> tuple[Path, int] | None:
         """(the checkpoint's folder, the step it holds) once written; None before and after handing over."""
         if self._pending is None or not self._pending.done():
