@@ -125,7 +125,7 @@ def test_experiment_names_never_become_paths(name, tmp_path, monkeypatch, capsys
 
 def test_no_code_runs_from_untrusted_input():
     """Guards on the source: no shell=True, no trust_remote_code, checkpoints with weights_only=True,
-    YAML only through safe_load."""
+    YAML only through safe_load, no unpickling but the gate's."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
@@ -135,10 +135,13 @@ def test_no_code_runs_from_untrusted_input():
         for p in (root / folder).rglob("*.py")
     }
     loader = "torch" + ".load("  # spelled apart so that this guard does not match itself
+    # One unpickling, of what this sweep's driver wrote into Ray's own store: the trials' context at the
+    # gate (Ray moves everything between its driver and its workers pickled, the same way).
+    trusted = {root / "sweep" / "gate.py": 1}
     for path, text in sources.items():
         assert "shell=True" not in text, path
         assert "trust_remote_code=True" not in text, path
-        assert "yaml.load(" not in text and "pickle.load" not in text, path
+        assert "yaml.load(" not in text and text.count("pickle.load") == trusted.get(path, 0), path
         for line in text.splitlines():
             if loader in line:
                 assert "weights_only=True" in line, (path, line)
