@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -88,13 +89,16 @@ def _run(
     start: dict | None = None,
 ) -> int:
     start = {} if start is None else start
+    ray_args = (start, "Ray", _start_ray, address, dashboard, plan, dashboard_host, worker_env, verbose)
+    joins = bool(address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
+    info = _timed(*ray_args) if joins else None  # a cluster is joined first: a wrong address fails at once
     try:
         check_reachable(plan.mlflow_uri)
     except TrackingUnreachable as err:
         raise UsageError(str(err)) from None
     with ThreadPoolExecutor(2, thread_name_prefix="prepare") as pool:
         prepared = pool.submit(_prepare, plan, start)  # its imports and the data: tens of seconds on a GPU
-        info = _timed(start, "Ray", _start_ray, address, dashboard, plan, dashboard_host, worker_env, verbose)
+        info = info if joins else _timed(*ray_args)  # a local Ray starts beside the preparation
         print(describe(plan, *_cluster_size()))
         if not is_uri(plan.storage):
             Path(plan.storage).mkdir(parents=True, exist_ok=True)
@@ -106,9 +110,8 @@ def _run(
         )
         # Tune warns when checkpoints come faster than every 5 s: by design in short smoke trials.
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        if (
-            not verbose
-        ):  # Tune's newer console prints its experiment box and a TensorBoard hint at any verbosity
+        # Tune's newer console prints its experiment box and a TensorBoard hint at any verbosity.
+        if not verbose:
             os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         # Behind a searcher Tune starts a trial once the last one's worker is up: a wave starts together.
         os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, plan.trials_at_once(*_cluster_size())))
@@ -151,15 +154,10 @@ def _open_tracking(plan: SweepPlan, resume: bool) -> SweepTracking:
     data's tags follow once it is prepared (_open_gate)."""
     spec = CodecSpec.parse(plan.codec)
     tags = {
-        "git.commit": git_commit(Path(__file__).parent),
-        "data.path": plan.data,
-        "codec.id": spec.describe(),
-        "codec.revision": str(spec.fingerprint().get("revision") or "n/a"),
-        "sweep.space": plan.space,
-        "sweep.search": plan.search,
-        "sweep.preset": plan.preset.name,
-        "sweep.experiment": plan.experiment,
-    }
+        "git.commit": git_commit(Path(__file__).parent), "data.path": plan.data, "codec.id": spec.describe(),
+        "codec.revision": str(spec.fingerprint().get("revision") or "n/a"), "sweep.space": plan.space,
+        "sweep.search": plan.search, "sweep.preset": plan.preset.name, "sweep.experiment": plan.experiment,
+    }  # fmt: skip
     if resume:
         return reopen_sweep_tracking(plan.mlflow_uri, plan.parent_run_id, tags)
     tracking = open_sweep_tracking(
@@ -248,6 +246,7 @@ def _start_ray(
         info = None
     elif address:
         try:
+            _check_answers(address)  # Ray itself retries a dead address for minutes
             info = ray.init(address=address, logging_level=level)
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
             raise UsageError(
@@ -271,6 +270,17 @@ def _start_ray(
     if plan.gpus_per_trial > 0 and not ray.cluster_resources().get("GPU"):
         raise UsageError(f"--gpus-per-trial {plan.gpus_per_trial:g} but the Ray cluster has no GPUs.")
     return info
+
+
+def _check_answers(address: str, timeout_s: float = 5.0) -> None:
+    """ConnectionError unless something answers at a host:port `address` ("auto", ray://... pass)."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConnectionError(f"nothing answers at {address} within {timeout_s:g} s ({err})") from None
 
 
 def _run_config(plan: SweepPlan, tracking: SweepTracking, gate: ContextGate, verbose=False) -> tune.RunConfig:

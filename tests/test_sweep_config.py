@@ -174,6 +174,7 @@ def test_tables_rebuilt_from_flat_metrics():
         ([], "say which space"),
         (["--space", "beta_dim", "--mps"], "--mps needs a GPU"),
         (["--space", "beta_dim", "--mps", "--address", "10.0.0.1:6379"], "Start MPS on each node yourself"),
+        (["--space", "beta_dim", "--address", "127.0.0.1:1"], "nothing answers at 127.0.0.1:1 within 5 s"),
         (["--space", "baseline", "--search", "optuna"], "varies nothing for Optuna to search"),
     ],
 )
