@@ -98,7 +98,8 @@ def _run(
         raise UsageError(str(err)) from None
     with ThreadPoolExecutor(2, thread_name_prefix="prepare") as pool:
         prepared = pool.submit(_prepare, plan, start)  # its imports and the data: tens of seconds on a GPU
-        info = info if joins else _timed(*ray_args)  # a local Ray starts beside the preparation
+        if not joins:  # a local Ray starts beside the preparation
+            info = _timed(*ray_args)
         print(describe(plan, *_cluster_size()))
         if not is_uri(plan.storage):
             Path(plan.storage).mkdir(parents=True, exist_ok=True)
