@@ -85,9 +85,9 @@ def write_listening_page(
         log.info("no listening page: no completed trial wrote rollout audio")
         return None
     first = next(t for t, w in windows.items() if w)
-    wanted = {**{storage.join(audio[first], f"{n}_orig.wav"): windows[first][n] for n in names},
-              **{str(folder / REFERENCE_AUDIO / f"{n}_codec.wav"): windows[first][n] for n in names},
-              **{storage.join(audio[t], f"{n}_{kind}.wav"): windows[t].get(n)
+    wanted = {**{_wav(audio[first], n, "orig"): windows[first][n] for n in names},
+              **{_codec_wav(folder, n): windows[first][n] for n in names},
+              **{_wav(audio[t], n, kind): windows[t].get(n)
                  for t in audio for n in names for kind, _ in TRIAL_CLIPS}}  # fmt: skip
     with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:  # libsndfile encodes without the GIL
         clips = dict(zip(wanted, pool.map(_clip, wanted, wanted.values()), strict=True))
@@ -109,8 +109,7 @@ def write_listening_page(
 
 
 def _reference_row(name: str, trial_audio: str, folder: Path, clips: dict) -> str:
-    original = clips[storage.join(trial_audio, f"{name}_orig.wav")]
-    codec = clips[str(folder / REFERENCE_AUDIO / f"{name}_codec.wav")]
+    original, codec = clips[_wav(trial_audio, name, "orig")], clips[_codec_wav(folder, name)]
     return (
         "<tr class='reference'><th>reference</th><td>the original; the codec's own reconstruction "
         f"(encode -> decode, no bottleneck)</td><td>{html.escape(name)}</td><td>{_player(original)}</td>"
@@ -127,12 +126,19 @@ def _trial_rows(metrics: dict, names: list[str], trial_audio: str, clips: dict) 
     )
     rows = []
     for i, name in enumerate(names):
-        clips = "".join(
-            f"<td>{_player(clips[storage.join(trial_audio, f'{name}_{kind}.wav')])}</td>"
-            for kind, _ in TRIAL_CLIPS
-        )
-        rows.append(f"<tr>{head if i == 0 else ''}<td>{html.escape(name)}</td>{_BLANK * 2}{clips}</tr>")
+        cells = "".join(f"<td>{_player(clips[_wav(trial_audio, name, k)])}</td>" for k, _ in TRIAL_CLIPS)
+        rows.append(f"<tr>{head if i == 0 else ''}<td>{html.escape(name)}</td>{_BLANK * 2}{cells}</tr>")
     return rows
+
+
+def _wav(trial_audio: str, name: str, kind: str) -> str:
+    """A trial's WAV of utterance `name`: orig, recon, roll01, ... (evaluation/audio.py's names)."""
+    return storage.join(trial_audio, f"{name}_{kind}.wav")
+
+
+def _codec_wav(folder: Path, name: str) -> str:
+    """The codec's own reconstruction of utterance `name` (write_reference_clips)."""
+    return str(folder / REFERENCE_AUDIO / f"{name}_codec.wav")
 
 
 def _windows(audio_folder: str) -> dict:

@@ -23,12 +23,17 @@ def _tone_in_window(level: float = 0.5) -> np.ndarray:
     return audio
 
 
+UTTERANCES = ("u1", "u2")  # the page's two per trial, as the paper preset's trials write them
+
+
 def _trial_folder(root, trial, kinds):
     audio = root / trial / "evaluation" / "audio"
     audio.mkdir(parents=True)
-    for kind in kinds:
-        sf.write(audio / f"u1_{kind}.wav", _tone_in_window(), RATE, subtype="PCM_16")
-    windows = {"samples_per_frame": FRAME, "u1": {"utterance_id": "u1", "start_frame": START, "lengths": []}}
+    for name in UTTERANCES:
+        for kind in kinds:
+            sf.write(audio / f"{name}_{kind}.wav", _tone_in_window(), RATE, subtype="PCM_16")
+    windows = {"samples_per_frame": FRAME}
+    windows |= {name: {"utterance_id": name, "start_frame": START, "lengths": []} for name in UTTERANCES}
     (audio / "rollouts.json").write_text(json.dumps(windows))
 
 
@@ -49,7 +54,8 @@ def test_the_page_holds_each_completed_trials_clips_around_its_rollout_window_be
     _trial_folder(experiment, "t002", kinds)
     _trial_folder(experiment, "t001", kinds[:-1])  # no L=16 rollout: "not recorded"
     (summary / REFERENCE_AUDIO).mkdir(parents=True)
-    sf.write(summary / REFERENCE_AUDIO / "u1_codec.wav", _tone_in_window(), RATE, subtype="PCM_16")
+    for name in UTTERANCES:
+        sf.write(summary / REFERENCE_AUDIO / f"{name}_codec.wav", _tone_in_window(), RATE, subtype="PCM_16")
 
     page = write_listening_page(_frame(), str(experiment), summary, "a sweep")
     assert page == summary / PAGE_FILE
@@ -58,9 +64,11 @@ def test_the_page_holds_each_completed_trials_clips_around_its_rollout_window_be
     assert "beta=0.1 &lt;dim&gt;" in text  # labels are escaped
     assert "strict gate: passes" in text and "strict gate: no" in text  # t002 informative, t001 not
     assert "counts (recon constraint): no" in text
-    assert text.count("not recorded") == 1
+    assert text.count("not recorded") == 2  # t001's L=16 of each utterance
     clips = re.findall(r"data:audio/mpeg;base64,([A-Za-z0-9+/=]+)", text)
-    assert len(clips) == 2 + 6 + 5  # reference (original, codec), t002's six, t001's five
+    assert len(clips) == 2 * (
+        2 + 6 + 5
+    )  # per utterance: reference (original, codec), t002's six, t001's five
     for clip in clips:
         audio, rate = sf.read(io.BytesIO(base64.b64decode(clip)))
         assert rate == RATE and abs(len(audio) / rate - (1 + 16 * 0.08 + 1)) < 0.1  # 1 s each side
