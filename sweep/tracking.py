@@ -32,7 +32,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from sweep.objective import OBJECTIVES
@@ -148,9 +148,8 @@ def reopen_sweep_tracking(uri: str, parent_run_id: str, tags: Mapping[str, str])
 def add_sweep_tags(sweep: SweepTracking, tags: Mapping[str, str]) -> SweepTracking:
     """Tag the parent run with `tags` too (the data's, once the driver has prepared it); returns the
     SweepTracking that carries them to the child runs as well."""
-    client = mlflow_client(sweep.uri)
-    for key, value in tags.items():
-        client.set_tag(sweep.parent_run_id, key, str(value))
+    batch = [RunTag(key, str(value)) for key, value in tags.items()]
+    mlflow_client(sweep.uri).log_batch(sweep.parent_run_id, tags=batch)
     return SweepTracking(sweep.uri, sweep.experiment_id, sweep.parent_run_id, {**sweep.tags, **tags})
 
 
