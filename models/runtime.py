@@ -7,26 +7,14 @@ CPU, where bf16 matmuls are slower than fp32 on most machines and losses would b
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
 import torch
 
 log = logging.getLogger(__name__)
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-
-
-def process_age() -> float:
-    """Seconds since this process started (Linux's /proc; 0.0 where it cannot be read)."""
-    try:
-        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def pick_device(requested: str = "auto") -> torch.device:

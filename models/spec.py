@@ -29,6 +29,11 @@ CODEC_SIZES: dict[str, dict] = {
 }
 CODEC_SOURCES = ("pretrained", "random")
 
+# A VAE checkpoint's files (models.training writes and reads them).
+CHECKPOINT_WEIGHTS = "weights.pt"
+CHECKPOINT_OPTIMIZER = "optimizer.pt"  # absent from a finished trial's checkpoint: weights are what it keeps
+CHECKPOINT_META = "meta.json"
+
 
 class CodecWeightsMissing(RuntimeError):
     """Pretrained weights are neither cached nor downloadable."""

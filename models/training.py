@@ -35,13 +35,10 @@ import torch
 
 from models import losses
 from models.runtime import autocast
-from models.spec import VAEConfig
+from models.spec import CHECKPOINT_META, CHECKPOINT_OPTIMIZER, CHECKPOINT_WEIGHTS, VAEConfig
 from models.vae import BetaVAE, LatentPredictor
 
-CHECKPOINT_WEIGHTS = "weights.pt"
-CHECKPOINT_OPTIMIZER = "optimizer.pt"  # absent from a finished trial's checkpoint: weights are what it keeps
 TERM_NAMES = ("stft", "l1", "kl", "smooth", "recon")  # then "pred" when L_pred is on, then "loss"
-CHECKPOINT_META = "meta.json"
 
 
 @dataclass

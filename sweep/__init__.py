@@ -1,5 +1,18 @@
 """The sweep service: `python -m sweep.launch` (README.md)."""
 
+import os
 import time
+from pathlib import Path
 
 IMPORTED_AT = time.time()  # when this process first imported the package: a trial worker's imports begin
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux's /proc; 0.0 where it cannot be read): the driver's
+    and the trials' start-up stages are timed from there."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")

@@ -23,9 +23,8 @@ import ray
 from ray import tune
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from models.runtime import process_age
 from models.spec import CodecSpec, CodecWeightsMissing
-from sweep import storage
+from sweep import process_age
 from sweep.config import trial_name
 from sweep.console import describe, exposure_warning
 from sweep.data import DataError
@@ -44,7 +43,6 @@ from sweep.tracking import (
     finish_sweep,
     git_commit,
     log_sweep_metrics,
-    mlflow_artifact_bytes,
     open_sweep_tracking,
     reopen_sweep_tracking,
     sweep_params,
@@ -93,7 +91,9 @@ def _run(
     joins = bool(address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
     info = _timed(*ray_args) if joins else None  # a cluster is joined first: a wrong address fails at once
     try:
-        check_reachable(plan.mlflow_uri)
+        _timed(
+            start, "MLflow check", check_reachable, plan.mlflow_uri
+        )  # mlflow's imports: seconds on a GPU host
     except TrackingUnreachable as err:
         raise UsageError(str(err)) from None
     with ThreadPoolExecutor(2, thread_name_prefix="prepare") as pool:
@@ -354,14 +354,19 @@ def _finish(plan: SweepPlan, tracking: SweepTracking, grid) -> int:
             f"  python -m sweep.launch --resume {plan.experiment} --storage {plan.storage}"
         )
         return 130
-    from sweep.summary import publish_summary, results_frame, summarise  # plots, tables: at the end only
+    from sweep.summary import publish_summary, results_frame, storage_report, summarise, write_summary
 
     frame = results_frame(grid, plan.varied, plan.preset, plan.seed, fixed=plan.fixed)
     frame["failures"] = frame["trial_id"].map(trial_failures(plan.experiment_dir)).fillna(0).astype(int)
     summary = summarise(frame, load_study(plan), codec=plan.codec, reference=plan.codec_reference)
-    summary.storage = storage_report(plan, tracking)
+    summary.storage = storage_report(plan.experiment_dir, tracking)
+    written = None
     try:
-        publish_summary(tracking, frame, summary, plan.summary_dir, plan.experiment_dir)
+        written = write_summary(frame, summary, plan.summary_dir, plan.experiment_dir)
+    except OSError as err:  # a full or read-only disk: the tables still print below
+        print(f"\nWARNING: could not write the summary into {plan.summary_dir} ({err}).\n")
+    try:
+        publish_summary(tracking, frame, written)
     except Exception as err:  # MLflow away at the end: the sweep is done and in Tune's storage
         print(
             f"\nWARNING: MLflow at {plan.mlflow_uri} failed ({type(err).__name__}: {str(err)[:200]}); "
@@ -376,22 +381,6 @@ def trial_failures(experiment_dir: str) -> dict[str, int]:
     """How often each trial failed (its worker died, its code raised) and Tune restarted it or gave
     up: {trial id: failures}. From Tune's experiment state, so failures before a --resume count too."""
     return {trial.trial_id: trial.num_failures for trial in tune.ExperimentAnalysis(experiment_dir).trials}
-
-
-def storage_report(plan: SweepPlan, tracking: SweepTracking) -> str:
-    """One line: what the sweep's files take in Tune's storage, by kind, and MLflow's copies."""
-    used = storage.usage(plan.experiment_dir)
-    largest = max(used.per_trial_checkpoints.values(), default=0)
-    line = (
-        f"Storage: {storage.human(used.total)} in {plan.experiment_dir}: checkpoints "
-        f"{storage.human(used.checkpoints)} ({len(used.per_trial_checkpoints)} trials, at most "
-        f"{storage.human(largest)} each), evaluation files {storage.human(used.evaluation)}, Tune's "
-        f"records and the summary {storage.human(used.other)}"
-    )
-    copies = mlflow_artifact_bytes(tracking)
-    if copies is not None:
-        line += f"; MLflow's copies of the trials' files {storage.human(copies)}"
-    return line + "."
 
 
 def _print_summary(plan: SweepPlan, tracking: SweepTracking, summary, grid) -> None:

@@ -16,7 +16,7 @@ import time
 import pyarrow.fs as pafs
 from ray import tune
 
-from models.training import CHECKPOINT_OPTIMIZER
+from models.spec import CHECKPOINT_OPTIMIZER
 from sweep.config import TrialParams
 from sweep.objective import (
     CHECKPOINT_MODEL,

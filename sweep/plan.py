@@ -17,6 +17,7 @@ from pathlib import Path
 from sweep import spaces, storage
 from sweep.config import PRESETS, RECON_MARGIN, Preset, TrialParams, rung_steps
 from sweep.errors import UsageError
+from sweep.gpus import visible_gpu_memory
 
 PLAN_FILE = "sweep.json"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -296,17 +297,16 @@ def _check_concurrency(value: int | None) -> int | None:
 
 def _gpus_per_trial(requested: float | None, args) -> float:
     """Packing where a GPU is visible, else 0; asking for GPUs on a machine without one is an error."""
-    import torch
-
-    visible = torch.cuda.device_count()
+    memory = visible_gpu_memory()
+    visible = len(memory)
     if requested is None:
-        return 1 / trials_per_gpu(torch.cuda.get_device_properties(0).total_memory) if visible else 0.0
+        return 1 / trials_per_gpu(memory[0]) if visible else 0.0
     if requested < 0:
         raise UsageError(f"--gpus-per-trial must be >= 0, got {requested}.")
     if requested > 0 and not visible and not (args.address or os.environ.get("RAY_ADDRESS")):
         raise UsageError(
             f"--gpus-per-trial {requested:g} but this machine has no visible GPU "
-            "(torch.cuda.device_count() == 0). "
+            "(CUDA shows this process none). "
             "Use --gpus-per-trial 0 to run on the CPU, or --address to use a Ray cluster with GPUs."
         )
     return requested
@@ -320,8 +320,6 @@ def trials_per_gpu(gpu_memory_bytes: int) -> int:
 def _check_mps(args) -> bool:
     if not args.mps:
         return False
-    import torch
-
     from sweep.mps import MPSError, check_mps_available
 
     if args.address or os.environ.get("RAY_ADDRESS"):
@@ -329,8 +327,8 @@ def _check_mps(args) -> bool:
             "--mps starts a daemon on this machine only; with --address the trials run on the cluster's "
             "nodes. Start MPS on each node yourself (nvidia-cuda-mps-control -d) or drop --mps."
         )
-    if not torch.cuda.device_count():
-        raise UsageError("--mps needs a GPU, and torch sees none here; drop --mps.")
+    if not visible_gpu_memory():
+        raise UsageError("--mps needs a GPU, and CUDA shows this process none here; drop --mps.")
     try:
         check_mps_available()
     except MPSError as err:

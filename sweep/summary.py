@@ -2,7 +2,8 @@
 
     frame = results_frame(result_grid, varied=("beta", "dim"), preset=preset)
     summary = summarise(frame, study)          # markdown, verdict, importances
-    log_summary(tracking, frame, summary, folder)
+    written = write_summary(frame, summary, folder, experiment_dir)   # files, the listening page
+    publish_summary(tracking, frame, written)  # to the parent run in MLflow, which it ends
 
 The summary is built from what trials reported to Tune (the results in its storage), so it needs
 nothing from MLflow and can be rebuilt after the fact. It is logged to the sweep's parent run:
@@ -31,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from evaluation.report import decision_gate, markdown_table, metrics_report
+from sweep import storage
 from sweep.artifacts import plot_pareto, plot_rollout_vs_horizon
 from sweep.config import Preset, TrialParams, trial_number, trial_seed
 from sweep.listening import write_listening_page
@@ -46,7 +48,7 @@ from sweep.objective import (
     STOPPED,
     TEACHER_OBJECTIVE,
 )
-from sweep.tracking import SweepTracking, end_trial_run, finish_sweep, mlflow_client
+from sweep.tracking import SweepTracking, end_trial_run, finish_sweep, mlflow_artifact_bytes, mlflow_client
 
 log = logging.getLogger(__name__)
 
@@ -297,11 +299,22 @@ def importances(study) -> dict | str:
     return out
 
 
-def log_summary(
-    tracking: SweepTracking, frame: pd.DataFrame, summary: Summary, folder: Path, experiment_dir: str = ""
-) -> list[Path]:
-    """Write the summary files under `folder` and log them to the parent run; with `experiment_dir`
-    (Tune's folder, where the trials' WAVs are) the listening page too (sweep/listening.py)."""
+@dataclass(frozen=True)
+class SummaryFiles:
+    """What write_summary wrote, for the parent run: the files, the plots, the verdict, the trials."""
+
+    files: list[Path]
+    plots: list[Path]
+    verdict: str
+    trials: int
+
+
+def write_summary(
+    frame: pd.DataFrame, summary: Summary, folder: Path, experiment_dir: str = ""
+) -> SummaryFiles:
+    """The summary files under `folder`; with `experiment_dir` (Tune's folder, where the trials' WAVs
+    are) the listening page too (sweep/listening.py). A plot or a page that cannot be made is skipped
+    with a warning: it must not cost the sweep its summary."""
     folder.mkdir(parents=True, exist_ok=True)
     files = [
         _write(folder / "summary.md", summary.text()),
@@ -313,19 +326,26 @@ def log_summary(
         frame.to_csv(folder / "summary.csv", index=False)
         files.append(folder / "summary.csv")
         if experiment_dir:
-            try:  # like a plot: a page that cannot be built must not cost the sweep its summary
+            try:
                 page = write_listening_page(frame, experiment_dir, folder, Path(experiment_dir).name, plots)
                 files += [page] if page else []
-            except (OSError, ValueError, KeyError, RuntimeError) as err:
-                log.warning("skipped the listening page: %s", err)
+            except Exception as err:  # noqa: BLE001 -- any failure of the page, a bug too, is reported
+                log.warning(
+                    "skipped the listening page (%s: %s); rebuild it with python -m sweep.report %s",
+                    type(err).__name__, err, Path(experiment_dir).name,
+                )  # fmt: skip
+    return SummaryFiles(files, plots, summary.verdict, len(frame))
+
+
+def log_summary(tracking: SweepTracking, written: SummaryFiles) -> None:
+    """The summary's files and plots to the sweep's parent run, with the verdict as a tag."""
     client = mlflow_client(tracking.uri)
-    for path in files:
+    for path in written.files:
         client.log_artifact(tracking.parent_run_id, str(path))
-    for path in plots:
+    for path in written.plots:
         client.log_artifact(tracking.parent_run_id, str(path), "plots")
-    client.set_tag(tracking.parent_run_id, "sweep.verdict", summary.verdict[:5000])
-    client.set_tag(tracking.parent_run_id, "sweep.trials", str(len(frame)))
-    return files
+    client.set_tag(tracking.parent_run_id, "sweep.verdict", written.verdict[:5000])
+    client.set_tag(tracking.parent_run_id, "sweep.trials", str(written.trials))
 
 
 def write_plots(frame: pd.DataFrame, folder: Path) -> list[Path]:
@@ -349,10 +369,27 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def publish_summary(tracking: SweepTracking, frame, summary, folder: Path, experiment_dir: str = "") -> None:
-    """Close any child run the callback missed, log the summary (and the listening page) to the parent
-    run, end it."""
+def storage_report(experiment_dir: str, tracking: SweepTracking) -> str:
+    """One line: what the sweep's files take in Tune's storage, by kind, and MLflow's copies."""
+    used = storage.usage(experiment_dir)
+    largest = max(used.per_trial_checkpoints.values(), default=0)
+    line = (
+        f"Storage: {storage.human(used.total)} in {experiment_dir}: checkpoints "
+        f"{storage.human(used.checkpoints)} ({len(used.per_trial_checkpoints)} trials, at most "
+        f"{storage.human(largest)} each), evaluation files {storage.human(used.evaluation)}, Tune's "
+        f"records and the summary {storage.human(used.other)}"
+    )
+    copies = mlflow_artifact_bytes(tracking)
+    if copies is not None:
+        line += f"; MLflow's copies of the trials' files {storage.human(copies)}"
+    return line + "."
+
+
+def publish_summary(tracking: SweepTracking, frame: pd.DataFrame, written: SummaryFiles | None) -> None:
+    """Close any child run the callback missed, log the summary's files (write_summary; None where
+    they could not be written) to the parent run, end it."""
     for trial_id, status in zip(frame.get("trial_id", []), frame.get("status", []), strict=True):
         end_trial_run(tracking, trial_id, status)
-    log_summary(tracking, frame, summary, folder, experiment_dir)
+    if written is not None:
+        log_summary(tracking, written)
     finish_sweep(tracking)

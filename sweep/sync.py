@@ -25,7 +25,7 @@ from sweep.errors import UsageError, report_usage_error
 from sweep.objective import OBJECTIVES, PROBE, STATUS, WALL
 from sweep.plan import PLAN_FILE, SweepPlan
 from sweep.search import load_study
-from sweep.summary import publish_summary, results_frame, summarise
+from sweep.summary import publish_summary, results_frame, summarise, write_summary
 from sweep.tracking import (
     SweepTracking,
     TrackingUnreachable,
@@ -59,13 +59,8 @@ def sync_sweep(plan: SweepPlan, mlflow_uri: str | None = None) -> dict:
         sent["files"] += _send_files(run, trial.folder / "evaluation")
         sent["trials"] += 1
     frame = results_frame(trials, plan.varied, plan.preset, plan.seed, fixed=plan.fixed)
-    publish_summary(
-        tracking,
-        frame,
-        summarise(frame, load_study(plan), codec=plan.codec, reference=plan.codec_reference),
-        plan.summary_dir,
-        plan.experiment_dir,
-    )
+    summary = summarise(frame, load_study(plan), codec=plan.codec, reference=plan.codec_reference)
+    publish_summary(tracking, frame, write_summary(frame, summary, plan.summary_dir, plan.experiment_dir))
     return sent
 
 

@@ -15,6 +15,9 @@ tag and continues it, so a trial never gets two runs.
 
 Logging from a trial is retried with backoff and, if MLflow stays away, reported as a warning: the
 trial's results are in Tune's storage either way.
+
+mlflow itself is imported where it is first used, not with this module: `python -m sweep.launch`
+and the driver reach Ray without its seconds of imports, and a trial imports it beside its build.
 """
 
 from __future__ import annotations
@@ -29,14 +32,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
-
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
-from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from sweep.objective import OBJECTIVES
 from sweep.storage import folder_bytes
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,8 @@ def limit_http_retries() -> None:
 
 
 def mlflow_client(uri: str) -> MlflowClient:
+    from mlflow import MlflowClient
+
     limit_http_retries()
     return MlflowClient(uri)
 
@@ -139,6 +145,8 @@ def open_sweep_tracking(
 
 def reopen_sweep_tracking(uri: str, parent_run_id: str, tags: Mapping[str, str]) -> SweepTracking:
     """The same parent run again, for --resume; it is marked running until the sweep ends."""
+    from mlflow.entities import RunStatus
+
     client = mlflow_client(uri)
     run = client.get_run(parent_run_id)
     client.update_run(parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
@@ -148,6 +156,8 @@ def reopen_sweep_tracking(uri: str, parent_run_id: str, tags: Mapping[str, str])
 def add_sweep_tags(sweep: SweepTracking, tags: Mapping[str, str]) -> SweepTracking:
     """Tag the parent run with `tags` too (the data's, once the driver has prepared it); returns the
     SweepTracking that carries them to the child runs as well."""
+    from mlflow.entities import RunTag
+
     batch = [RunTag(key, str(value)) for key, value in tags.items()]
     mlflow_client(sweep.uri).log_batch(sweep.parent_run_id, tags=batch)
     return SweepTracking(sweep.uri, sweep.experiment_id, sweep.parent_run_id, {**sweep.tags, **tags})
@@ -155,6 +165,8 @@ def add_sweep_tags(sweep: SweepTracking, tags: Mapping[str, str]) -> SweepTracki
 
 def log_sweep_metrics(sweep: SweepTracking, metrics: Mapping[str, float]) -> None:
     """Metrics of the sweep as a whole (the codec's reference reconstruction, the constraint's bound)."""
+    from mlflow.entities import Metric
+
     stamp = int(time.time() * 1000)
     batch = [Metric(k, float(v), stamp, 0) for k, v in metrics.items()]
     mlflow_client(sweep.uri).log_batch(sweep.parent_run_id, metrics=batch)
@@ -197,6 +209,9 @@ def mlflow_artifact_bytes(sweep: SweepTracking) -> int | None:
 
 
 def _params(params: Mapping) -> list[Param]:
+    from mlflow.entities import Param
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
     return [Param(str(k), str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in params.items()]
 
 
@@ -232,6 +247,8 @@ class TrialRun:
         tags: Mapping[str, str],
         count_attempt: bool = True,
     ) -> TrialRun:
+        from mlflow.entities import Metric, RunStatus
+
         client = mlflow_client(sweep.uri)
         query = f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`{PARENT_TAG}` = '{sweep.parent_run_id}'"
         found = _retry(lambda: client.search_runs([sweep.experiment_id], query, max_results=1))
@@ -270,6 +287,8 @@ class TrialRun:
                 )
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
         stamp = int(time.time() * 1000)
         batch = [Metric(k, float(v), stamp, step) for k, v in metrics.items() if _is_number(v)]
         for i in range(0, len(batch), 900):  # MLflow takes at most 1000 metrics per batch

@@ -40,7 +40,6 @@ from ray import tune
 
 import sweep
 from evaluation.trial import TrialEvaluation
-from models.runtime import process_age
 from models.training import VAETrainer
 from sweep.artifacts import log_trial_evaluation, write_trial_files
 from sweep.config import TrialParams
@@ -100,7 +99,7 @@ def _worker_setup(entered: float) -> dict:
     in a reused worker, the time since its previous trial returned (time/setup/process alone)."""
     if _PREVIOUS_TRIAL_ENDED:
         return {"setup/process": entered - _PREVIOUS_TRIAL_ENDED[0]}
-    began = time.time() - process_age()
+    began = time.time() - sweep.process_age()
     return {"setup/process": entered - began, "setup/process/imports": _IMPORTS_ENDED - sweep.IMPORTED_AT,
             "setup/process/before_imports": sweep.IMPORTED_AT - began}  # fmt: skip
 

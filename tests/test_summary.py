@@ -108,3 +108,20 @@ def test_the_codec_reference_is_the_tables_first_row(frame):
     assert codec[:4] == ["codec", "codec only, no bottleneck", "", "reference"]
     assert codec[-4:-2] == ["2.250", "0.031"]
     assert len(table) == 3 + 6  # header, rule, codec, the six trials that ran to their end
+
+
+def test_a_page_that_fails_leaves_the_summary_and_says_how_to_rebuild_it(
+    frame, tmp_path, monkeypatch, caplog
+):
+    import sweep.summary
+
+    def broken_page(*args):
+        raise TypeError("string indices must be integers")  # the bug 567d349 fixed, as any bug would
+
+    monkeypatch.setattr(sweep.summary, "write_listening_page", broken_page)
+    folder, experiment = tmp_path / "summary", str(tmp_path / "sweep-x")
+    written = sweep.summary.write_summary(frame, summarise(frame), folder, experiment)
+    assert {p.name for p in written.files} == {"summary.md", "verdict.md", "importances.json", "summary.csv"}
+    assert all(p.exists() for p in written.files + written.plots) and written.trials == len(frame)
+    warning = next(r.getMessage() for r in caplog.records if "listening page" in r.getMessage())
+    assert "TypeError: string indices" in warning and "python -m sweep.report sweep-x" in warning
