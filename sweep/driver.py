@@ -90,16 +90,19 @@ def _run(
     ray_args = (start, "Ray", _start_ray, address, dashboard, plan, dashboard_host, worker_env, verbose)
     joins = bool(address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
     info = _timed(*ray_args) if joins else None  # a cluster is joined first: a wrong address fails at once
-    try:
-        _timed(
-            start, "MLflow check", check_reachable, plan.mlflow_uri
-        )  # mlflow's imports: seconds on a GPU host
-    except TrackingUnreachable as err:
-        raise UsageError(str(err)) from None
-    with ThreadPoolExecutor(2, thread_name_prefix="prepare") as pool:
-        prepared = pool.submit(_prepare, plan, start)  # its imports and the data: tens of seconds on a GPU
-        if not joins:  # a local Ray starts beside the preparation
+    with ThreadPoolExecutor(3, thread_name_prefix="prepare") as pool:
+        # MLflow's check (mlflow's imports: seconds) and the preparation's imports run beside Ray's start;
+        # the data waits for the check, so that an unreachable MLflow costs no compute.
+        checked = pool.submit(_timed, start, "MLflow check beside Ray", check_reachable, plan.mlflow_uri)
+        prepared = pool.submit(_prepare, plan, start, checked)  # the data: tens of seconds on a GPU
+        if not joins:
             info = _timed(*ray_args)
+        try:
+            checked.result()
+        except TrackingUnreachable as err:
+            if not joins:
+                ray.shutdown()  # the Ray this driver started (a caller's own stays)
+            raise UsageError(str(err)) from None
         print(describe(plan, *_cluster_size()))
         if not is_uri(plan.storage):
             Path(plan.storage).mkdir(parents=True, exist_ok=True)
@@ -138,13 +141,14 @@ def _run(
     return _finish(plan, tracking, grid)
 
 
-def _prepare(plan: SweepPlan, start: dict) -> tuple[TrialContext, dict]:
+def _prepare(plan: SweepPlan, start: dict, checked: Future) -> tuple[TrialContext, dict]:
     """sweep.prepare.prepare_sweep, with its imports (torch, the codec, the evaluation code), in the
-    preparing thread; their seconds into start["data"]."""
+    preparing thread, once MLflow's check passed; their seconds into start["data"]."""
     began = process_age()
     try:
         from sweep.prepare import prepare_sweep
 
+        checked.result()  # raises where MLflow is unreachable: the driver says so
         return prepare_sweep(plan)
     finally:
         start["data"] = process_age() - began
