@@ -6,8 +6,9 @@
     python -m sweep.launch --space beta_dim --preset paper --data ... --dry-run   # the plan, nothing runs
     python -m sweep.launch --resume beta_dim-smoke-20261125-210305          # after a crash or Ctrl-C
 
-Everything is checked before any compute: a bad flag, an empty data folder, missing codec weights,
-an unreachable MLflow URI or a GPU request without a GPU stops here with the problem and the fix.
+Everything is checked before any compute: a bad flag, an empty data folder, missing codec weights
+or a GPU request without a GPU stops here with the problem and the fix, and an unreachable MLflow URI
+in the driver, while Ray starts and before any data is touched (one line, exit 2 all the same).
 Then the driver starts Ray, the MLflow experiment and the sweep's parent run, and Tune, while it
 builds the shared feature cache once, which the trials wait for (sweep/gate.py). At the end it
 prints the summary table, the seed-shaped tables of the best trials, the decision-gate verdict, and
