@@ -251,6 +251,14 @@ def _sweep_run(args, device: torch.device, data: Path, workdir: Path, mps: bool)
     data = re.search(r"the trials' data is ready ([0-9.]+) s after launch \(data ([0-9.]+) s\)", log_text)
     if data:  # prepared beside the trials' start (sweep/gate.py): when the gate opened, what it took
         entry["data_ready_s"], entry["driver_stages"]["data"] = float(data.group(1)), float(data.group(2))
+    ends = re.search(
+        r"sweep ends ([0-9.]+) s after launch, Tune's results at ([0-9.]+) s \((.*) s\)", log_text
+    )
+    if ends:  # the end's parts: Tune's from the last trial's result, the driver's stages, the process's exit
+        last_result = entry["wall_s"] - entry["parts"]["end"]
+        stages = re.findall(r"([^,]+?) ([0-9.]+)(?:, |$)", ends.group(3))
+        entry["end_stages"] = {"Tune": float(ends.group(2)) - last_result} | {k: float(v) for k, v in stages}
+        entry["end_stages"]["exit"] = entry["wall_s"] - float(ends.group(1))
     return {"space": args.space, "sweep_steps": args.sweep_steps, "mps": mps, "without": args.without,
             "gpus": gpus, "errored": errored, "log": str(logfile), "when": time.strftime("%Y-%m-%d %H:%M:%S"),
             **entry}  # fmt: skip

@@ -13,20 +13,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import socket
-import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import ray
 from ray import tune
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from models.spec import CodecSpec, CodecWeightsMissing
 from sweep import process_age
+from sweep.cluster import check_visible_everywhere, cluster_size, start_ray
 from sweep.config import trial_name
-from sweep.console import describe, exposure_warning
+from sweep.console import describe
 from sweep.data import DataError
 from sweep.errors import UsageError
 from sweep.events import TrialEvents, TrialLifecycle
@@ -64,16 +62,32 @@ def run_sweep(
 ) -> int:
     """The sweep, start to summary; the exit code. verbose: Tune's status tables and Ray's INFO lines."""
     start = {"imports and plan": process_age()}  # what the driver waited for, logged when trials start
+    end: dict[str, float] = {}  # the same for the sweep's end, from Tune's last result on
     if not plan.mps:
-        return _run(plan, resume, address, dashboard, dashboard_host, verbose=verbose, start=start)
+        code = _run(plan, resume, address, dashboard, dashboard_host, verbose=verbose, start=start, end=end)
+        return _log_end(code, end)
     if ray.is_initialized():
         raise UsageError("--mps needs a Ray that the sweep starts itself (its workers must see the daemon).")
     with sigterm_as_exit(), mps_daemon(Path(plan.workdir) / ".mps" / plan.experiment) as env:
         start["MPS"] = process_age() - start["imports and plan"]
         try:
-            return _run(plan, resume, address, dashboard, dashboard_host, env, verbose, start)
+            code = _run(plan, resume, address, dashboard, dashboard_host, env, verbose, start, end)
         finally:
-            ray.shutdown()  # the trials' workers leave the daemon before it stops
+            _timed(end, "Ray", ray.shutdown)  # the trials' workers leave the daemon before it stops
+        stopping = process_age()
+    end["MPS"] = process_age() - stopping
+    return _log_end(code, end)
+
+
+def _log_end(code: int, end: dict[str, float]) -> int:
+    if "Tune" in end:  # sweep.bench reads it
+        log.info(
+            "the sweep ends %.1f s after launch, Tune's results at %.1f s (%s s)",
+            process_age(),
+            end.pop("Tune"),
+            ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in end.items()),
+        )
+    return code
 
 
 def _run(
@@ -85,9 +99,11 @@ def _run(
     worker_env: dict | None = None,
     verbose: bool = False,
     start: dict | None = None,
+    end: dict | None = None,
 ) -> int:
     start = {} if start is None else start
-    ray_args = (start, "Ray", _start_ray, address, dashboard, plan, dashboard_host, worker_env, verbose)
+    end = {} if end is None else end
+    ray_args = (start, "Ray", start_ray, address, dashboard, plan, dashboard_host, worker_env, verbose)
     joins = bool(address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
     info = _timed(*ray_args) if joins else None  # a cluster is joined first: a wrong address fails at once
     with ThreadPoolExecutor(3, thread_name_prefix="prepare") as pool:
@@ -103,7 +119,7 @@ def _run(
             if not joins:
                 ray.shutdown()  # the Ray this driver started (a caller's own stays)
             raise UsageError(str(err)) from None
-        print(describe(plan, *_cluster_size()))
+        print(describe(plan, *cluster_size()))
         if not is_uri(plan.storage):
             Path(plan.storage).mkdir(parents=True, exist_ok=True)
         tracking = _timed(start, "MLflow", _open_tracking, plan, resume)
@@ -118,7 +134,7 @@ def _run(
         if not verbose:
             os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         # Behind a searcher Tune starts a trial once the last one's worker is up: a wave starts together.
-        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, plan.trials_at_once(*_cluster_size())))
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, plan.trials_at_once(*cluster_size())))
         if resume:
             tuner = _restore_tuner(plan, trainable)
         else:
@@ -131,6 +147,7 @@ def _run(
             ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in start.items()),
         )
         grid = tuner.fit()
+        end["Tune"] = process_age()
         failed = opened.exception()
         gate.remove()
     if failed is not None:  # the gate closed: no trial trained
@@ -138,7 +155,7 @@ def _run(
         if isinstance(failed, TrackingUnreachable | CodecWeightsMissing | DataError | UsageError):
             raise UsageError(str(failed)) from None
         raise failed
-    return _finish(plan, tracking, grid)
+    return _finish(plan, tracking, grid, end)
 
 
 def _prepare(plan: SweepPlan, start: dict, checked: Future) -> tuple[TrialContext, dict]:
@@ -211,83 +228,6 @@ def _timed(seconds: dict, stage: str, fn, *args):
         seconds[stage] = process_age() - began
 
 
-def _cluster_size() -> tuple[int, int]:
-    """The Ray cluster's CPUs and GPUs."""
-    return int(ray.cluster_resources().get("CPU", 0)), int(ray.cluster_resources().get("GPU", 0))
-
-
-def check_visible_everywhere(paths: dict[str, Path]) -> None:
-    """On a multi-node cluster, trials read the feature cache and write checkpoints on whatever
-    node they land on: both must be on storage every node mounts. Checked on each alive node."""
-    nodes = [n for n in ray.nodes() if n["Alive"]]
-    if len(nodes) < 2:
-        return
-    for node in nodes:
-        pin = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-        for flag, path in paths.items():
-            if "://" in str(path):  # an object-store URI: Tune reaches it from every node itself
-                continue
-            exists_there = ray.remote(num_cpus=0)(os.path.exists).options(scheduling_strategy=pin)
-            if not ray.get(exists_there.remote(str(path))):
-                raise UsageError(
-                    f"{flag} {path.parent if flag == '--cache' else path} is not visible on Ray node "
-                    f"{node['NodeManagerAddress']} ({node['NodeID'][:8]}): on a cluster, put it on a "
-                    "filesystem every node mounts (NFS, a shared volume); --storage may also be an "
-                    "object-store URI (s3://...)."
-                )
-
-
-def _start_ray(
-    address: str | None,
-    dashboard: bool,
-    plan: SweepPlan,
-    dashboard_host: str = "127.0.0.1",
-    worker_env: dict | None = None,
-    verbose: bool = False,
-):
-    level = logging.INFO if verbose else logging.WARNING
-    address = address or os.environ.get("RAY_ADDRESS")
-    if ray.is_initialized():  # a caller (a test, a notebook) brought its own Ray
-        info = None
-    elif address:
-        try:
-            _check_answers(address)  # Ray itself retries a dead address for minutes
-            info = ray.init(address=address, logging_level=level)
-        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as err:
-            raise UsageError(
-                f"cannot join the Ray cluster at {address}: {str(err)[:300]}. Check the address (ray status "
-                "on the head prints it); with token authentication (Ray's default since 2.59) export "
-                "RAY_AUTH_MODE=token and make the cluster's token available (~/.ray/auth_token or "
-                "RAY_AUTH_TOKEN)."
-            ) from None
-    else:
-        # UIs bind to loopback unless asked: Ray's dashboard runs code for whoever reaches it.
-        warning = exposure_warning("Ray's dashboard", dashboard_host) if dashboard else None
-        if warning:
-            print(warning, file=sys.stderr)
-        runtime_env = {"env_vars": worker_env} if worker_env else None  # MPS: the workers are its clients
-        info = ray.init(
-            include_dashboard=dashboard,
-            dashboard_host=dashboard_host,
-            runtime_env=runtime_env,
-            logging_level=level,
-        )
-    if plan.gpus_per_trial > 0 and not ray.cluster_resources().get("GPU"):
-        raise UsageError(f"--gpus-per-trial {plan.gpus_per_trial:g} but the Ray cluster has no GPUs.")
-    return info
-
-
-def _check_answers(address: str, timeout_s: float = 5.0) -> None:
-    """ConnectionError unless something answers at a host:port `address` ("auto", ray://... pass)."""
-    host, _, port = address.rpartition(":")
-    if "://" in address or not port.isdigit():
-        return
-    try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
-    except OSError as err:
-        raise ConnectionError(f"nothing answers at {address} within {timeout_s:g} s ({err})") from None
-
-
 def _run_config(plan: SweepPlan, tracking: SweepTracking, gate: ContextGate, verbose=False) -> tune.RunConfig:
     return tune.RunConfig(
         name=plan.experiment,
@@ -349,7 +289,7 @@ def _print_where(plan: SweepPlan, tracking: SweepTracking, info) -> None:
     print(f"MLflow parent run {tracking.parent_run_id} in {plan.mlflow_uri}")
 
 
-def _finish(plan: SweepPlan, tracking: SweepTracking, grid) -> int:
+def _finish(plan: SweepPlan, tracking: SweepTracking, grid, end: dict) -> int:
     unfinished = len(grid) - grid.num_terminated - grid.num_errors
     if unfinished > 0 or len(grid) < plan.trial_count and plan.search == "grid":
         finish_sweep(tracking, "KILLED")
@@ -360,6 +300,7 @@ def _finish(plan: SweepPlan, tracking: SweepTracking, grid) -> int:
         return 130
     from sweep.summary import publish_summary, results_frame, storage_report, summarise, write_summary
 
+    began = process_age()
     frame = results_frame(grid, plan.varied, plan.preset, plan.seed, fixed=plan.fixed)
     frame["failures"] = frame["trial_id"].map(trial_failures(plan.experiment_dir)).fillna(0).astype(int)
     summary = summarise(frame, load_study(plan), codec=plan.codec, reference=plan.codec_reference)
@@ -369,8 +310,9 @@ def _finish(plan: SweepPlan, tracking: SweepTracking, grid) -> int:
         written = write_summary(frame, summary, plan.summary_dir, plan.experiment_dir)
     except OSError as err:  # a full or read-only disk: the tables still print below
         print(f"\nWARNING: could not write the summary into {plan.summary_dir} ({err}).\n")
+    end["summary"] = process_age() - began
     try:
-        publish_summary(tracking, frame, written)
+        _timed(end, "MLflow", publish_summary, tracking, frame, written)
     except Exception as err:  # MLflow away at the end: the sweep is done and in Tune's storage
         print(
             f"\nWARNING: MLflow at {plan.mlflow_uri} failed ({type(err).__name__}: {str(err)[:200]}); "

@@ -130,10 +130,14 @@ def sweep_breakdown(reports: dict[str, list[dict]], slots: int, started: float, 
         "ratio": wall / ideal, "parts": parts,
         "per_trial": {k: statistics.median(t.get(k, 0.0) for t in trials)
                       for k in ("setup", "warmup", "evaluation", "checkpoint", "logging")}
-                     | {k: _median_reported(reports, f"time/{k}") for k in (
-                         "setup/process", "setup/process/imports", "setup/process/before_imports",
-                         "setup/mlflow", "setup/driver", "evaluation/battery", "evaluation/recon_audio")},
+                     | {k: _median_reported(reports, f"time/{k}") for k in _parts_of(reports)},
     }  # fmt: skip
+
+
+def _parts_of(reports: dict[str, list[dict]]) -> list[str]:
+    """The parts of a phase that the trials' final reports time (setup/codec, evaluation/battery, ...)."""
+    keys = {k[len("time/") :] for rows in reports.values() for k in rows[-1] if k.startswith("time/")}
+    return sorted(k for k in keys if "/" in k)
 
 
 def _median_reported(reports: dict[str, list[dict]], key: str) -> float:

@@ -141,16 +141,16 @@ def _train_trial(config: dict, context: TrialContext, waited_for_driver: float =
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # "Checkpoint successfully created at" lines
     resume = tune.get_checkpoint()
     node = {NODE_ID: ray.get_runtime_context().get_node_id(), **started}  # a retry may move to another node
+    clock = Clock()
     with ThreadPoolExecutor(1, thread_name_prefix="mlflow-run") as pool:  # opens the run while it builds
         opening = pool.submit(_child_run, context, trial_params(config, context, name), name, node[NODE_ID])
         with resume.as_directory() if resume else contextlib.nullcontext() as folder:
-            trial = build_trial(config, context, name, Path(folder) if folder else None)
+            trial = build_trial(config, context, name, Path(folder) if folder else None, clock)
         built = time.perf_counter()
         run = opening.result()
     background = "background-io" not in context.without
     if run and background:
         run.log_in_background()
-    clock = Clock()
     clock.totals["setup"] = time.perf_counter() - entered  # codec, VAE, MLflow run, restore; not Ray's part
     clock.totals["setup/mlflow"] = time.perf_counter() - built  # of which waiting for the MLflow run
     clock.totals.update(_worker_setup(started[STARTED]))

@@ -119,15 +119,18 @@ def trial_params(config: dict, context: TrialContext, name: str) -> TrialParams:
     )
 
 
-def build_trial(config: dict, context: TrialContext, name: str, checkpoint: Path | None = None) -> Trial:
+def build_trial(
+    config: dict, context: TrialContext, name: str, checkpoint: Path | None = None, clock: Clock | None = None
+) -> Trial:
     """The trial's identity and seed (trial_params), its VAE on its own copy of the codec's decoder, its
-    crops of the shared feature cache; restored from `checkpoint` (a folder) when given."""
+    crops of the shared feature cache; restored from `checkpoint` (a folder) when given. clock: the
+    build's parts as setup/codec, setup/model (the VAE on its device, restored), setup/data."""
+    clock = clock or Clock()
     params = trial_params(config, context, name)
     torch.manual_seed(params.seed)
     torch.set_num_threads(max(1, context.threads))
     device = pick_device(context.device)
-    cache = FeatureCache(context.cache_dir, verify=False)
-    codec = load_codec(context.codec)
+    codec = clock.timed("setup/codec", load_codec, context.codec)
     decoder = copy.deepcopy(codec.decoder)  # trained by this trial only; the cached codec stays pristine
     settings = StepSettings(
         compile=context.step.compile, fused_optimizer=context.step.fused_optimizer and device.type == "cuda"
@@ -140,11 +143,16 @@ def build_trial(config: dict, context: TrialContext, name: str, checkpoint: Path
         torch._dynamo.reset()  # a reused worker's earlier trials would count towards the recompile limit
         # The STFT loss's complex ops run eagerly inside the compiled step, as measured in sweep.bench.
         warnings.filterwarnings("ignore", message="Torchinductor does not support code generation for compl")
+    model_began = time.perf_counter()
     trainer = VAETrainer(BetaVAE(params.vae_config(context.preset), decoder), device, settings)
     latest = restore(trainer, checkpoint, params.train_steps) if checkpoint else unmeasured()
+    clock.totals["setup/model"] += time.perf_counter() - model_began
     preset = context.preset
     crop_frames = round(preset.crop_seconds * codec.frame_rate)
-    sampler = CropSampler(cache, list(context.train_ids), crop_frames, preset.batch_size, seed=params.seed)
+    cache = clock.timed("setup/data", FeatureCache, context.cache_dir, False)
+    sampler = clock.timed(
+        "setup/data", CropSampler, cache, list(context.train_ids), crop_frames, preset.batch_size, params.seed
+    )
     rungs = frozenset(rung_steps(params.train_steps, preset.probe_first) if context.probes else ())
     return Trial(params, device, trainer, cache, sampler, rungs, latest)
 

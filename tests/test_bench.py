@@ -51,6 +51,11 @@ def test_bench_runs_every_part_on_the_cpu_and_writes_json(corpus_dir, tmp_path, 
     beside_ray = max(stages["Ray"], stages["MLflow check beside Ray"])
     assert stages["imports and plan"] + beside_ray + stages["MLflow"] < sweep["driver_ready_s"]
     assert sweep["per_trial"]["setup/process/imports"] > 0  # a new worker's imports
+    assert {"setup/codec", "setup/model", "setup/data"} <= set(sweep["per_trial"])  # the build's parts
+    # the end, stage by stage: Tune's last result to the process's exit (no MPS: Ray stops at exit)
+    ends = sweep["end_stages"]
+    assert set(ends) == {"Tune", "summary", "MLflow", "exit"} and min(ends.values()) >= 0
+    assert sum(ends.values()) == pytest.approx(sweep["parts"]["end"], abs=0.2)
     printed = capsys.readouterr().out
     for heading in (
         "## One trial",
