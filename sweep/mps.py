@@ -107,11 +107,13 @@ def stop_daemon(env: dict[str, str], timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while daemon_processes(pipe) and time.monotonic() < deadline:
         time.sleep(0.2)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in daemon_processes(pipe):
+    for sig in (signal.SIGTERM, signal.SIGKILL):  # only where the daemon outlived its quit
+        left = daemon_processes(pipe)
+        for pid in left:
             with suppress(ProcessLookupError):
                 os.kill(pid, sig)
-        time.sleep(1.0)
+        if left:
+            time.sleep(1.0)
     left = daemon_processes(pipe)
     if left:
         log.error("MPS processes %s of %s are still running; stop them by hand (kill %s)", left, pipe, left)

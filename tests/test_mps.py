@@ -40,7 +40,10 @@ def test_daemon_runs_inside_the_block_and_is_gone_after_it(fake_control, tmp_pat
         assert env[PIPE_ENV] == str(tmp_path / "mps" / "pipe")
         assert wait_running(env[PIPE_ENV]), "the daemon should be running inside the block"
         assert PIPE_ENV not in os.environ or os.environ[PIPE_ENV] != env[PIPE_ENV]  # workers only
-    assert wait_gone(env[PIPE_ENV], 1.0)
+        leaving = time.monotonic()
+    assert not daemon_processes(env[PIPE_ENV])  # gone when the block is left
+    # a daemon that quits is not waited on further (the stop once slept 2 s after every quit)
+    assert time.monotonic() - leaving < 1.0
 
 
 def test_daemon_is_stopped_when_the_sweep_raises(fake_control, tmp_path):
