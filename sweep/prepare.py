@@ -11,6 +11,7 @@ evaluation code, so they are imported here, in that thread.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -34,7 +35,9 @@ def prepare_sweep(plan: SweepPlan) -> tuple[TrialContext, dict]:
     context, without tracking, and the MLflow tags that describe the data."""
     preset = plan.preset
     data = Path(plan.data)
+    began = time.perf_counter()
     codec = MimiCodec.from_spec(CodecSpec.parse(plan.codec))
+    seconds = {"codec": time.perf_counter() - began}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bundled = preset.data is None and preset.codec.startswith("random:")  # smoke and tiny write it if absent
     prepared = prepare_data(
@@ -42,6 +45,7 @@ def prepare_sweep(plan: SweepPlan) -> tuple[TrialContext, dict]:
         seed=plan.seed, device=device, write_bundled=bundled,
     )  # fmt: skip
     cache, train_ids, eval_ids = prepared.cache, prepared.train_ids, prepared.eval_ids
+    seconds["features"] = time.perf_counter() - began - seconds["codec"]
     if not plan.codec_reference:
         reference_ids = eval_ids[: preset.recon_utterances]  # the utterances each trial's recon/* scores
         decode = codec_decoder(codec.to(device).eval(), device)
@@ -56,6 +60,8 @@ def prepare_sweep(plan: SweepPlan) -> tuple[TrialContext, dict]:
             "the codec's own reconstruction (the sweep's reference): %s",
             ", ".join(f"{name} {value:.3f}" for name, value in plan.codec_reference.items()),
         )
+    seconds["reference"] = time.perf_counter() - began - sum(seconds.values())
+    log.info("prepared the data in %s s", ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
     tags = {
         "data.fingerprint": cache.directory.name,  # the feature-cache key: files, sizes, mtimes, codec
         "data.utterances": f"{len(train_ids)} train / {len(eval_ids)} eval",
