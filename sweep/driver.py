@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -107,17 +106,13 @@ def _run(
     ray_args = (start, "Ray", start_ray, address, dashboard, plan, dashboard_host, worker_env, verbose)
     joins = bool(address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
     info = _timed(*ray_args) if joins else None  # a cluster is joined first: a wrong address fails at once
-    ray_up = threading.Event()
     with ThreadPoolExecutor(3, thread_name_prefix="prepare") as pool:
-        # MLflow's check (mlflow's imports: seconds) runs beside Ray's start, the data's preparation once
-        # Ray is up; the data waits for the check, so that an unreachable MLflow costs no compute.
+        # MLflow's check (mlflow's imports: seconds) and the preparation's imports run beside Ray's start;
+        # the data waits for the check, so that an unreachable MLflow costs no compute.
         checked = pool.submit(_timed, start, "MLflow check beside Ray", check_reachable, plan.mlflow_uri)
-        prepared = pool.submit(_prepare, plan, start, checked, ray_up)  # the data: tens of seconds on a GPU
-        try:
-            if not joins:
-                info = _timed(*ray_args)
-        finally:
-            ray_up.set()
+        prepared = pool.submit(_prepare, plan, start, checked)  # the data: tens of seconds on a GPU
+        if not joins:
+            info = _timed(*ray_args)
         try:
             checked.result()
         except TrackingUnreachable as err:
@@ -163,15 +158,9 @@ def _run(
     return _finish(plan, tracking, grid, end)
 
 
-def _prepare(
-    plan: SweepPlan, start: dict, checked: Future, ray_up: threading.Event
-) -> tuple[TrialContext, dict]:
+def _prepare(plan: SweepPlan, start: dict, checked: Future) -> tuple[TrialContext, dict]:
     """sweep.prepare.prepare_sweep, with its imports (torch, the codec, the evaluation code), in the
-    preparing thread, once MLflow's check passed; their seconds into start["data"]. The imports wait
-    for Ray's start, mostly waiting on Ray's processes, which seconds of imports in another thread of
-    this process stretch (on an H200 host Ray took 6.2 s alone, 8.5-11.6 s beside them); the trials'
-    workers need longer than the data to start and import."""
-    ray_up.wait()
+    preparing thread, once MLflow's check passed; their seconds into start["data"]."""
     began = process_age()
     try:
         from sweep.prepare import prepare_sweep
