@@ -81,11 +81,13 @@ def run_sweep(
 
 def _log_end(code: int, end: dict[str, float]) -> int:
     if "Tune" in end:  # sweep.bench reads it
+        tune_returned = end.pop("Tune")
+        stages = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in end.items())
         log.info(
-            "the sweep ends %.1f s after launch, Tune's results at %.1f s (%s s)",
+            "the sweep ends %.1f s after launch, Tune's results at %.1f s%s",
             process_age(),
-            end.pop("Tune"),
-            ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in end.items()),
+            tune_returned,
+            f" ({stages} s)" if stages else "",  # an interrupted sweep writes no summary
         )
     return code
 
