@@ -55,6 +55,9 @@ def start_ray(
     worker_env: dict | None = None,
     verbose: bool = False,
 ):
+    """Join the caller's Ray, or the cluster at `address` (or RAY_ADDRESS), or start a local Ray whose
+    workers get `worker_env` (the MPS daemon's). Returns ray.init's info (None for a caller's own Ray).
+    UsageError, in one line, where nothing answers at the address or the plan's GPUs are missing."""
     level = logging.INFO if verbose else logging.WARNING
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():  # a caller (a test, a notebook) brought its own Ray

@@ -80,6 +80,8 @@ def run_sweep(
 
 
 def _log_end(code: int, end: dict[str, float]) -> int:
+    """Log when the sweep ends and where its end went (end: "Tune" when tuner.fit returned, then the
+    seconds of each later stage); returns the exit code."""
     if "Tune" in end:  # sweep.bench reads it
         tune_returned = end.pop("Tune")
         stages = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in end.items())
