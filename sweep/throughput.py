@@ -363,6 +363,8 @@ def markdown(results: dict) -> str:
             "\nWhere the wall time went (seconds; slot time divided by the slots, so the columns add up to"
             " the wall time):\n",
             _table(pd.DataFrame(parts)),
+            "\nThe start, a new worker, the build and the end, stage by stage (seconds; trials' medians):\n",
+            _table(pd.DataFrame([_stages(e) for e in results["sweeps"]])),
         ]
     if results.get("overhead"):
         rows = [
@@ -381,7 +383,20 @@ def markdown(results: dict) -> str:
     return "\n".join(out)
 
 
+def _stages(entry: dict) -> dict:
+    """A sweep's start, a new worker's start, the trial's build and the sweep's end, in stages: what the
+    driver logged and the trials reported (sweep.bench's entry; older entries lack some)."""
+    trial = entry.get("per_trial", {})
+    row = {"space": entry["space"], "trials": entry["trials"], "steps": entry["steps"] // entry["trials"],
+           "driver to Tune": entry.get("driver_ready_s"),
+           "worker: Ray's": trial.get("setup/process/before_imports"),
+           "worker: imports": trial.get("setup/process/imports"), "gate": trial.get("setup/driver"),
+           "build: codec": trial.get("setup/codec"), "build: VAE": trial.get("setup/model")}  # fmt: skip
+    return row | {f"end: {stage}": seconds for stage, seconds in entry.get("end_stages", {}).items()}
+
+
 def _table(frame: pd.DataFrame, columns: dict[str, str] | None = None) -> str:
     if columns:
         frame = frame[list(columns)].rename(columns=columns)
-    return frame.to_markdown(index=False, floatfmt=".1f")
+    frame = frame.astype(object).where(frame.notna(), None)  # tabulate writes None as "-", not NaN
+    return frame.to_markdown(index=False, floatfmt=".1f", missingval="-")

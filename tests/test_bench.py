@@ -63,8 +63,10 @@ def test_bench_runs_every_part_on_the_cpu_and_writes_json(corpus_dir, tmp_path, 
         "## N trials sharing one GPU",
         "## Outside training",
         "## Whole sweeps",
+        "stage by stage",
     ):
         assert heading in printed
+    assert "end: MLflow" in printed and "build: codec" in printed  # the stages' table
 
     # a rerun of one part keeps the others and replaces its own entry
     assert bench.main([*argv, "--parts", "battery", "--battery-utterances", "24"]) == 0
