@@ -1,6 +1,7 @@
 """The sweep service: `python -m sweep.launch` (README.md)."""
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -16,3 +17,14 @@ def process_age() -> float:
     except (OSError, ValueError, IndexError):
         return 0.0
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def stages_text(seconds: dict[str, float]) -> str:
+    """ "imports and plan 2.9, Ray 10.2": how the driver and the preparation log stage times, which
+    sweep.bench reads back with stages_from_text."""
+    return ", ".join(f"{stage} {value:.1f}" for stage, value in seconds.items())
+
+
+def stages_from_text(text: str) -> dict[str, float]:
+    """stages_text's dict back from its text."""
+    return {stage: float(value) for stage, value in re.findall(r"([^,]+?) ([0-9.]+)(?:, |$)", text)}

@@ -49,7 +49,7 @@ from models.codec import CodecSpec, MimiCodec
 from models.runtime import pick_device
 from models.training import StepSettings, VAETrainer
 from models.vae import BetaVAE
-from sweep import throughput
+from sweep import stages_from_text, throughput
 from sweep.config import PRESETS, Preset, TrialParams
 from sweep.corpus import write_corpus
 from sweep.data import DataError, discover_audio, select_utterances, split_by_speaker
@@ -246,8 +246,7 @@ def _sweep_run(args, device: torch.device, data: Path, workdir: Path, mps: bool)
     log_text = logfile.read_text()
     ready = re.search(r"trials start ([0-9.]+) s after launch \((.*) s\)", log_text)
     entry["driver_ready_s"] = float(ready.group(1)) if ready else None  # of `start`: the driver's part
-    stages = re.findall(r"([^,]+?) ([0-9.]+)(?:, |$)", ready.group(2)) if ready else []
-    entry["driver_stages"] = {stage: float(seconds) for stage, seconds in stages}
+    entry["driver_stages"] = stages_from_text(ready.group(2)) if ready else {}
     data = re.search(r"the trials' data is ready ([0-9.]+) s after launch \(data ([0-9.]+) s\)", log_text)
     if data:  # prepared beside the trials' start (sweep/gate.py): when the gate opened, what it took
         entry["data_ready_s"], entry["driver_stages"]["data"] = float(data.group(1)), float(data.group(2))
@@ -256,8 +255,7 @@ def _sweep_run(args, device: torch.device, data: Path, workdir: Path, mps: bool)
     )
     if ends:  # the end's parts: Tune's from the last trial's result, the driver's stages, the process's exit
         last_result = entry["wall_s"] - entry["parts"]["end"]
-        stages = re.findall(r"([^,]+?) ([0-9.]+)(?:, |$)", ends.group(3))
-        entry["end_stages"] = {"Tune": float(ends.group(2)) - last_result} | {k: float(v) for k, v in stages}
+        entry["end_stages"] = {"Tune": float(ends.group(2)) - last_result} | stages_from_text(ends.group(3))
         entry["end_stages"]["exit"] = entry["wall_s"] - float(ends.group(1))
     return {"space": args.space, "sweep_steps": args.sweep_steps, "mps": mps, "without": args.without,
             "gpus": gpus, "errored": errored, "log": str(logfile), "when": time.strftime("%Y-%m-%d %H:%M:%S"),

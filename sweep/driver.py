@@ -21,7 +21,7 @@ import ray
 from ray import tune
 
 from models.spec import CodecSpec, CodecWeightsMissing
-from sweep import process_age
+from sweep import process_age, stages_text
 from sweep.cluster import check_visible_everywhere, cluster_size, start_ray
 from sweep.config import trial_name
 from sweep.console import describe
@@ -84,7 +84,7 @@ def _log_end(code: int, end: dict[str, float]) -> int:
     seconds of each later stage); returns the exit code."""
     if "Tune" in end:  # sweep.bench reads it
         tune_returned = end.pop("Tune")
-        stages = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in end.items())
+        stages = stages_text(end)
         log.info(
             "the sweep ends %.1f s after launch, Tune's results at %.1f s%s",
             process_age(),
@@ -148,7 +148,7 @@ def _run(
         log.info(  # sweep.bench reads it
             "trials start %.1f s after launch (%s s)",
             process_age(),
-            ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in start.items()),
+            stages_text(start),
         )
         grid = tuner.fit()
         end["Tune"] = process_age()

@@ -21,6 +21,7 @@ from evaluation.trial import reconstruction_metrics
 from models.codec import MimiCodec
 from models.spec import CodecSpec
 from models.training import StepSettings
+from sweep import stages_text
 from sweep.features import prepare_data
 from sweep.listening import write_reference_clips
 from sweep.plan import SweepPlan
@@ -61,7 +62,7 @@ def prepare_sweep(plan: SweepPlan) -> tuple[TrialContext, dict]:
             ", ".join(f"{name} {value:.3f}" for name, value in plan.codec_reference.items()),
         )
     seconds["reference"] = time.perf_counter() - began - sum(seconds.values())
-    log.info("prepared the data in %s s", ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+    log.info("prepared the data in %s s", stages_text(seconds))
     tags = {
         "data.fingerprint": cache.directory.name,  # the feature-cache key: files, sizes, mtimes, codec
         "data.utterances": f"{len(train_ids)} train / {len(eval_ids)} eval",
