@@ -184,6 +184,7 @@ def make_plan(args: argparse.Namespace, workdir: Path) -> SweepPlan:
             f"experiment {experiment!r} already exists in {root}; reusing its name would overwrite it "
             f"(ray#35812). Resume it with --resume {experiment}, or pick another --experiment."
         )
+    memory = visible_gpu_memory()  # bytes per visible GPU, for the packing and --mps
     return SweepPlan(
         experiment=experiment,
         space=space,
@@ -191,7 +192,7 @@ def make_plan(args: argparse.Namespace, workdir: Path) -> SweepPlan:
         preset=preset,
         num_samples=num_samples,
         cpus_per_trial=_check_cpus(args.cpus_per_trial),
-        gpus_per_trial=_gpus_per_trial(args.gpus_per_trial, args),
+        gpus_per_trial=_gpus_per_trial(args.gpus_per_trial, args, memory),
         keep_checkpoints=_check_keep(args.keep_checkpoints),
         recon_margin=RECON_MARGIN
         if args.recon_margin is None
@@ -201,7 +202,7 @@ def make_plan(args: argparse.Namespace, workdir: Path) -> SweepPlan:
         else _positive("--max-recon-mel", args.max_recon_mel),
         compile=args.compile,
         fused_optimizer=not args.no_fused_optimizer,
-        mps=_check_mps(args),
+        mps=_check_mps(args, memory),
         without=check_without(getattr(args, "without", "")),
         max_concurrent=_check_concurrency(args.max_concurrent),
         storage=root,
@@ -295,9 +296,9 @@ def _check_concurrency(value: int | None) -> int | None:
     return value
 
 
-def _gpus_per_trial(requested: float | None, args) -> float:
-    """Packing where a GPU is visible, else 0; asking for GPUs on a machine without one is an error."""
-    memory = visible_gpu_memory()
+def _gpus_per_trial(requested: float | None, args, memory: list[int]) -> float:
+    """Packing where a GPU is visible (memory: bytes per visible GPU), else 0; asking for GPUs on a
+    machine without one is an error."""
     visible = len(memory)
     if requested is None:
         return 1 / trials_per_gpu(memory[0]) if visible else 0.0
@@ -317,7 +318,7 @@ def trials_per_gpu(gpu_memory_bytes: int) -> int:
     return max(1, min(TRIALS_PER_GPU, int(gpu_memory_bytes / 2**30 // TRIAL_GPU_MEMORY_GIB)))
 
 
-def _check_mps(args) -> bool:
+def _check_mps(args, memory: list[int]) -> bool:
     if not args.mps:
         return False
     from sweep.mps import MPSError, check_mps_available
@@ -327,7 +328,7 @@ def _check_mps(args) -> bool:
             "--mps starts a daemon on this machine only; with --address the trials run on the cluster's "
             "nodes. Start MPS on each node yourself (nvidia-cuda-mps-control -d) or drop --mps."
         )
-    if not visible_gpu_memory():
+    if not memory:
         raise UsageError("--mps needs a GPU, and CUDA shows this process none here; drop --mps.")
     try:
         check_mps_available()
