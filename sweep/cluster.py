@@ -23,7 +23,8 @@ from sweep.plan import SweepPlan
 
 def cluster_size() -> tuple[int, int]:
     """The Ray cluster's CPUs and GPUs."""
-    return int(ray.cluster_resources().get("CPU", 0)), int(ray.cluster_resources().get("GPU", 0))
+    resources = ray.cluster_resources()
+    return int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
 
 
 def check_visible_everywhere(paths: dict[str, Path]) -> None:

@@ -123,7 +123,8 @@ def _run(
             if not joins:
                 ray.shutdown()  # the Ray this driver started (a caller's own stays)
             raise UsageError(str(err)) from None
-        print(describe(plan, *cluster_size()))
+        size = cluster_size()  # CPUs, GPUs
+        print(describe(plan, *size))
         if not is_uri(plan.storage):
             Path(plan.storage).mkdir(parents=True, exist_ok=True)
         tracking = _timed(start, "MLflow", _open_tracking, plan, resume)
@@ -138,7 +139,7 @@ def _run(
         if not verbose:
             os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         # Behind a searcher Tune starts a trial once the last one's worker is up: a wave starts together.
-        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, plan.trials_at_once(*cluster_size())))
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, plan.trials_at_once(*size)))
         if resume:
             tuner = _restore_tuner(plan, trainable)
         else:
