@@ -4,18 +4,18 @@
 
 sweep/launch.py validates the flags and calls this; tests call it with tiny plans. What the trials
 share (sweep/prepare.py: the data split, the feature cache, the codec's reference) is prepared in a
-thread while Ray, MLflow and Tune start and the trials' workers start and import; the trials wait for
-it at the gate (sweep/gate.py).
+process of its own (sweep/process_call.py) while Ray, MLflow and Tune start and the trials' workers
+start and import; the trials wait for it at the gate (sweep/gate.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import importlib
 import logging
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import ray
 from ray import tune
@@ -28,28 +28,26 @@ from sweep.console import describe
 from sweep.data import DataError
 from sweep.errors import UsageError
 from sweep.events import TrialEvents, TrialLifecycle
-from sweep.gate import ContextGate, train_trial
+from sweep.gate import ContextGate, SealedContext, train_trial
 from sweep.mps import mps_daemon, sigterm_as_exit
 from sweep.plan import SweepPlan
+from sweep.process_call import ProcessCall
 from sweep.search import load_study, param_space, scheduler, searcher
 from sweep.storage import is_uri
 from sweep.tracking import (
     SweepTracking,
     TrackingUnreachable,
     add_sweep_tags,
-    check_reachable,
     finish_sweep,
     git_commit,
     log_sweep_metrics,
-    open_sweep_tracking,
-    reopen_sweep_tracking,
     sweep_params,
 )
 
-if TYPE_CHECKING:
-    from sweep.trial import TrialContext
-
 log = logging.getLogger(__name__)
+# The driver's helpers, each in a process of its own (--without helper-processes: in a thread)
+OPEN_TRACKING = "sweep.tracking:checked_sweep_tracking"  # MLflow's check, then the sweep's parent run
+PREPARE = "sweep.prepare:prepare_sweep"  # the trials' data: (plan) -> sealed context, tags, reference
 
 
 def run_sweep(
@@ -110,24 +108,34 @@ def _run(
     ray_args = (start, "Ray", start_ray, address, dashboard, plan, dashboard_host, worker_env, verbose)
     joins = bool(address or os.environ.get("RAY_ADDRESS") or ray.is_initialized())
     info = _timed(*ray_args) if joins else None  # a cluster is joined first: a wrong address fails at once
-    with ThreadPoolExecutor(3, thread_name_prefix="prepare") as pool:
-        # MLflow's check (mlflow's imports: seconds) and the preparation's imports run beside Ray's start;
-        # the data waits for the check, so that an unreachable MLflow costs no compute.
-        checked = pool.submit(_timed, start, "MLflow check beside Ray", check_reachable, plan.mlflow_uri)
-        prepared = pool.submit(_prepare, plan, start, checked)  # the data: tens of seconds on a GPU
+    helpers = "helper-processes" not in plan.without
+    with ExitStack() as stack:  # left in reverse: the helper processes stop before the pool's threads end
+        pool = stack.enter_context(ThreadPoolExecutor(3, thread_name_prefix="prepare"))
+        # Spawned now, each does its imports beside Ray's start (mlflow's; torch's and the codec's).
+        opening = stack.enter_context(ProcessCall(OPEN_TRACKING, verbose)) if helpers else None
+        preparing = stack.enter_context(ProcessCall(PREPARE, verbose)) if helpers else None
+        tracked = pool.submit(
+            _timed, start, "MLflow beside Ray", _call, opening, OPEN_TRACKING, *_tracking_args(plan, resume)
+        )
+        # The data waits for MLflow's check, so that an unreachable MLflow costs no compute.
+        prepared = pool.submit(
+            _prepare, plan, start, tracked, preparing
+        )  # the data: tens of seconds on a GPU
         if not joins:
             info = _timed(*ray_args)
         try:
-            checked.result()
+            tracking = tracked.result()
         except TrackingUnreachable as err:
             if not joins:
                 ray.shutdown()  # the Ray this driver started (a caller's own stays)
             raise UsageError(str(err)) from None
+        if not resume:
+            plan.parent_run_id = tracking.parent_run_id
+            plan.save()
         size = cluster_size()  # CPUs, GPUs
         print(describe(plan, *size))
         if not is_uri(plan.storage):
             Path(plan.storage).mkdir(parents=True, exist_ok=True)
-        tracking = _timed(start, "MLflow", _open_tracking, plan, resume)
         gate = ContextGate(plan.experiment)
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, gate=gate),
@@ -163,36 +171,47 @@ def _run(
     return _finish(plan, tracking, grid, end)
 
 
-def _prepare(plan: SweepPlan, start: dict, checked: Future) -> tuple[TrialContext, dict]:
-    """sweep.prepare.prepare_sweep, with its imports (torch, the codec, the evaluation code), in the
-    preparing thread, once MLflow's check passed; their seconds into start["data"]."""
+def _call(child: ProcessCall | None, target: str, *args):
+    """target ("module:function") on args: in the child process, which has imported it meanwhile, or in
+    this thread, imports included (--without helper-processes)."""
+    if child is not None:
+        return child.call(*args)
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)(*args)
+
+
+def _prepare(
+    plan: SweepPlan, start: dict, tracked: Future, child: ProcessCall | None
+) -> tuple[SealedContext, dict]:
+    """PREPARE, once MLflow answered (an unreachable one raises here: the driver says so). The codec's
+    reference goes into the plan; the seconds from here into start["data"]."""
     began = process_age()
     try:
-        from sweep.prepare import prepare_sweep
-
-        checked.result()  # raises where MLflow is unreachable: the driver says so
-        return prepare_sweep(plan)
+        tracked.result()
+        sealed, tags, plan.codec_reference = _call(child, PREPARE, plan)
+        return sealed, tags
     finally:
         start["data"] = process_age() - began
 
 
-def _open_tracking(plan: SweepPlan, resume: bool) -> SweepTracking:
-    """The sweep's MLflow parent run (the same one on --resume), tagged with what the sweep is; the
-    data's tags follow once it is prepared (_open_gate)."""
+def _tracking_args(plan: SweepPlan, resume: bool) -> tuple:
+    """OPEN_TRACKING's arguments: the sweep's MLflow parent run (the same one on --resume), tagged with
+    what the sweep is; the data's tags follow once it is prepared (_open_gate)."""
     spec = CodecSpec.parse(plan.codec)
     tags = {
         "git.commit": git_commit(Path(__file__).parent), "data.path": plan.data, "codec.id": spec.describe(),
         "codec.revision": str(spec.fingerprint().get("revision") or "n/a"), "sweep.space": plan.space,
         "sweep.search": plan.search, "sweep.preset": plan.preset.name, "sweep.experiment": plan.experiment,
     }  # fmt: skip
-    if resume:
-        return reopen_sweep_tracking(plan.mlflow_uri, plan.parent_run_id, tags)
-    tracking = open_sweep_tracking(
-        plan.mlflow_uri, plan.experiment, Path(plan.workdir) / "mlartifacts", sweep_params(plan), tags
+    artifacts = Path(plan.workdir) / "mlartifacts"
+    return (
+        plan.mlflow_uri,
+        plan.experiment,
+        artifacts,
+        sweep_params(plan),
+        tags,
+        plan.parent_run_id if resume else None,
     )
-    plan.parent_run_id = tracking.parent_run_id
-    plan.save()
-    return tracking
 
 
 def _open_gate(
@@ -202,16 +221,16 @@ def _open_gate(
     the parent run with the data, log the codec's reference, save the plan with it (for --resume), and
     open the gate with the trials' context. Where any of it fails, close the gate: the sweep stops."""
     try:
-        context, data_tags = prepared.result()
+        sealed, data_tags = prepared.result()
         check_visible_everywhere(
-            {"--cache": Path(context.cache_dir) / "meta.json", "--storage": Path(plan.storage)}
+            {"--cache": Path(sealed.cache_dir) / "meta.json", "--storage": Path(plan.storage)}
         )
         tracking = add_sweep_tags(tracking, data_tags)
         if not resume:
             log_sweep_metrics(tracking, {f"codec/{k}": v for k, v in plan.codec_reference.items()}
                               | {"constraint/max_recon_mel": plan.recon_bound})  # fmt: skip
         plan.save()
-        gate.open(dataclasses.replace(context, tracking=tracking))
+        gate.open(sealed, tracking)
     except BaseException as err:
         gate.close(str(err))
         raise

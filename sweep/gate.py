@@ -10,7 +10,11 @@ key-value store (where Tune keeps its own registry), so it needs no process of i
     gate = ContextGate(plan.experiment)                       # once Ray is up
     tuner = tune.Tuner(tune.with_parameters(train_trial, gate=gate),
                        run_config=tune.RunConfig(stop=gate.stopper(), ...), ...)
-    gate.open(context)     # from the preparing thread; gate.close(reason) where preparation failed
+    gate.open(sealed, tracking)   # the preparation's SealedContext and the MLflow parent run;
+                                  # gate.close(reason) where preparation failed
+
+The context reaches the driver sealed (pickled where it was made): unpickling it would import all a
+trial imports (torch, the codec, the evaluation code), seconds of the driver's time. The trials open it.
 
 A closed gate ends the sweep: the trials waiting there return without training, and the stopper
 stops Tune, so that the driver can say what went wrong.
@@ -18,8 +22,11 @@ stops Tune, so that the driver can say what went wrong.
 
 from __future__ import annotations
 
+import dataclasses
+import pickle as std_pickle
 import time
 import uuid
+from dataclasses import dataclass
 
 import ray.cloudpickle as pickle
 from ray import tune
@@ -28,6 +35,19 @@ from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_get, _in
 _CLOSED: dict[str, str] = {}  # experiment -> why its preparation failed, for PreparationStopper
 _NAMESPACE = "sweep-gate"
 POLL_S = 0.1  # how often a waiting trial looks: a lookup in Ray's GCS, well under a millisecond
+
+
+@dataclass(frozen=True)
+class SealedContext:
+    """The trials' TrialContext (without tracking), pickled by the preparation; what of it the driver
+    reads besides, in the clear."""
+
+    pickled: bytes
+    cache_dir: str
+
+    @classmethod
+    def seal(cls, context) -> SealedContext:
+        return cls(std_pickle.dumps(context), context.cache_dir)
 
 
 class PreparationFailed:
@@ -46,8 +66,8 @@ class ContextGate:
         self.key = f"{experiment}/{uuid.uuid4().hex}"
         _CLOSED.pop(experiment, None)  # a sweep resumed in the same process after a failed preparation
 
-    def open(self, context) -> None:
-        _internal_kv_put(self.key, pickle.dumps(context), namespace=_NAMESPACE)
+    def open(self, sealed: SealedContext, tracking) -> None:
+        _internal_kv_put(self.key, pickle.dumps((sealed.pickled, tracking)), namespace=_NAMESPACE)
 
     def close(self, reason: str) -> None:
         _CLOSED[self.experiment] = reason
@@ -61,7 +81,11 @@ class ContextGate:
         """The context once the driver opens the gate (PreparationFailed where it closed it)."""
         while (value := _internal_kv_get(self.key, namespace=_NAMESPACE)) is None:
             time.sleep(POLL_S)
-        return pickle.loads(value)
+        opened = pickle.loads(value)
+        if isinstance(opened, PreparationFailed):
+            return opened
+        context, tracking = opened
+        return dataclasses.replace(std_pickle.loads(context), tracking=tracking)
 
     def stopper(self) -> PreparationStopper:
         return PreparationStopper(self.experiment)

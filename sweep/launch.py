@@ -164,7 +164,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "compiled in Inductor's cache), battery-graphs (the battery's MDN fits step eagerly instead of "
         "replaying a CUDA graph), background-io (MLflow logging and checkpoint writing in the training "
         "loop instead of beside it), worker-reuse (each GPU trial starts a worker process of its own "
-        "instead of taking over a finished trial's, with its imports, CUDA context and codec)",
+        "instead of taking over a finished trial's, with its imports, CUDA context and codec), "
+        "helper-processes (the driver opens its MLflow run and prepares the trials' data in threads of its "
+        "own instead of processes spawned as it starts)",
     )
     res.add_argument("--address", help="an existing Ray cluster (or RAY_ADDRESS); default: start Ray here")
     res.add_argument("--no-dashboard", action="store_true", help="do not start Ray's dashboard (local Ray)")

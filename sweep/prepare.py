@@ -1,11 +1,12 @@
 """What a sweep's trials share, made once by the driver: the data split, the feature cache, the codec's
 reference reconstruction and the listening page's reference clips.
 
-    context, tags = prepare_sweep(plan)   # TrialContext (without tracking), the data's MLflow tags
+    sealed, tags, reference = prepare_sweep(plan)   # the trials' context (sweep.gate.SealedContext),
+                                                    # the data's MLflow tags, the codec's reference
 
-The driver runs this in a thread of its own while Ray and the trials' workers start (sweep/gate.py
-hands the context over); it is the only part of the driver that needs torch, the codec and the
-evaluation code, so they are imported here, in that thread.
+The driver runs this in a process of its own (sweep/process_call.py), spawned as the driver starts so
+that its imports (torch, the codec, the evaluation code) run beside Ray's start and the trials'
+workers'; sweep/gate.py hands the context to the trials.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from models.spec import CodecSpec
 from models.training import StepSettings
 from sweep import stages_text
 from sweep.features import prepare_data
+from sweep.gate import SealedContext
 from sweep.listening import write_reference_clips
 from sweep.plan import SweepPlan
 from sweep.trial import TrialContext
@@ -30,10 +32,11 @@ from sweep.trial import TrialContext
 log = logging.getLogger(__name__)
 
 
-def prepare_sweep(plan: SweepPlan) -> tuple[TrialContext, dict]:
+def prepare_sweep(plan: SweepPlan) -> tuple[SealedContext, dict, dict]:
     """The data split and the feature cache, built once here; the codec's own reconstruction, measured
-    once per sweep (into plan.codec_reference; a resumed sweep keeps its own). Returns the trials'
-    context, without tracking, and the MLflow tags that describe the data."""
+    once per sweep (a resumed sweep keeps plan.codec_reference). Returns the trials' context, without
+    tracking and sealed for the gate, the MLflow tags that describe the data, and the codec's reference
+    (the driver's plan takes it: this runs on the plan's copy in another process)."""
     preset = plan.preset
     data = Path(plan.data)
     began = time.perf_counter()
@@ -84,4 +87,4 @@ def prepare_sweep(plan: SweepPlan) -> tuple[TrialContext, dict]:
         max_recon_mel=plan.recon_bound,
         without=tuple(plan.without),
     )
-    return context, tags
+    return SealedContext.seal(context), tags, plan.codec_reference

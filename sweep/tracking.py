@@ -153,6 +153,23 @@ def reopen_sweep_tracking(uri: str, parent_run_id: str, tags: Mapping[str, str])
     return SweepTracking(uri, run.info.experiment_id, parent_run_id, dict(tags))
 
 
+def checked_sweep_tracking(
+    uri: str,
+    experiment: str,
+    artifact_root: Path | None,
+    params: Mapping,
+    tags: Mapping[str, str],
+    resume_run_id: str | None = None,
+) -> SweepTracking:
+    """check_reachable, then the sweep's parent run: a new one, or resume_run_id's again (--resume). The
+    driver runs this in a process of its own (sweep/process_call.py), so that mlflow's imports and the
+    store's first connection do not hold its interpreter while Ray starts."""  # fmt: skip
+    check_reachable(uri)
+    if resume_run_id:
+        return reopen_sweep_tracking(uri, resume_run_id, tags)
+    return open_sweep_tracking(uri, experiment, artifact_root, params, tags)
+
+
 def add_sweep_tags(sweep: SweepTracking, tags: Mapping[str, str]) -> SweepTracking:
     """Tag the parent run with `tags` too (the data's, once the driver has prepared it); returns the
     SweepTracking that carries them to the child runs as well."""

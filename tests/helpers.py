@@ -2,11 +2,15 @@
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from sweep.sync import trial_reports
 
-__all__ = ["check_trial_folder", "folder_bytes", "launch", "launch_command", "trial_reports"]
+__all__ = [
+    "check_trial_folder", "folder_bytes", "launch", "launch_command", "prepare_fails_once_a_trial_started",
+    "trial_reports",
+]  # fmt: skip
 
 
 def launch_command(*args: str) -> list[str]:
@@ -53,3 +57,13 @@ def folder_bytes(folder: Path, skip: str | None = None) -> int:
     """Bytes under `folder`, leaving out its subfolder `skip`."""
     return sum(p.stat().st_size for p in folder.rglob("*")
                if p.is_file() and not (skip and p.relative_to(folder).parts[0] == skip))  # fmt: skip
+
+
+def prepare_fails_once_a_trial_started(plan):
+    """A stand-in for sweep.prepare.prepare_sweep (sweep.driver.PREPARE, run in the driver's preparing
+    process, which imports it by name): once a trial has started, fail as a one-speaker corpus does."""
+    from sweep.data import DataError
+
+    while not list((Path(plan.storage) / plan.experiment).glob("t00*")):
+        time.sleep(0.2)
+    raise DataError("data folder x: a speaker-disjoint split needs at least 2 speakers, found 1")

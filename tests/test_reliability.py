@@ -48,16 +48,10 @@ def test_diverging_trials_end_cleanly_and_the_searcher_gets_the_surrogate(ray_cl
 def test_a_preparation_that_fails_after_the_trials_started_stops_the_sweep_with_its_reason(
     ray_cluster, tmp_path, monkeypatch, capsys
 ):
-    """The trials start while the driver prepares their data (sweep/gate.py). Where preparing fails, the
-    trials waiting at the gate end without training, Tune stops, and the reason is the one line (exit 2)."""
-    from sweep.data import DataError
-
-    def fails(plan):
-        while not list((tmp_path / "sweep-results" / "unprepared").glob("t00*")):  # a trial has started
-            time.sleep(0.2)
-        raise DataError("data folder x: a speaker-disjoint split needs at least 2 speakers, found 1")
-
-    monkeypatch.setattr("sweep.prepare.prepare_sweep", fails)
+    """The trials start while the driver prepares their data (sweep/gate.py), in a process of its own.
+    Where preparing fails, the trials waiting at the gate end without training, Tune stops, and the
+    reason is the one line (exit 2)."""
+    monkeypatch.setattr("sweep.driver.PREPARE", "helpers:prepare_fails_once_a_trial_started")
     monkeypatch.chdir(tmp_path)
     argv = ["--space", "beta_dim", "--steps", "4", "--num-samples", "3", "--experiment", "unprepared"]
     assert main(argv) == 2
@@ -161,7 +155,6 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path):
     checkpoint, in the same MLflow child run (sweep.attempt = 2), and the sweep completes."""
     import os
     import signal
-    import time
 
     driver = launch(tmp_path, "--space", "beta_dim", "--steps", "100", "--num-samples", "2",
                     "--experiment", "kill-worker", "--no-dashboard")  # fmt: skip
