@@ -9,7 +9,7 @@ child process that ends once it has answered.
 
     with ProcessCall("sweep.prepare:prepare_sweep", verbose) as child:  # spawned; it imports the module
         ...
-        context, tags, reference = child.call(plan)  # blocks; the child's exception is raised here
+        sealed, tags, reference = child.call(plan)  # blocks; the child's exception is raised here
 
 The child is spawned, not forked (the driver has Ray's and gRPC's threads), ignores Ctrl-C (the
 driver stops it) and is a daemon: it never outlives the driver.
