@@ -217,7 +217,7 @@ def _tracking_args(plan: SweepPlan, resume: bool) -> tuple:
 def _open_gate(
     gate: ContextGate, prepared: Future, plan: SweepPlan, tracking: SweepTracking, resume: bool, start: dict
 ) -> None:
-    """Once the preparing thread is done: check that every Ray node sees the cache and the storage, tag
+    """Once the data is prepared: check that every Ray node sees the cache and the storage, tag
     the parent run with the data, log the codec's reference, save the plan with it (for --resume), and
     open the gate with the trials' context. Where any of it fails, close the gate: the sweep stops."""
     try:

@@ -4,7 +4,7 @@
 
 `python -m sweep.launch` plans a sweep's packing from these before it starts Ray. Importing torch and
 asking CUDA took 6.8 s of that start on an H200 machine; NVML, through `nvidia-smi`, answered in
-0.02 s there, and the driver's preparing thread imports torch beside Ray's start instead. torch
+0.02 s there, and the driver's preparing process imports torch beside Ray's start instead. torch
 is asked after all where `nvidia-smi` cannot answer for it: no NVIDIA tools, a torch built without
 CUDA, or a CUDA_VISIBLE_DEVICES that names MIG instances or anything but plain indices and GPU UUIDs.
 """

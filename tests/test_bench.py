@@ -50,7 +50,7 @@ def test_bench_runs_every_part_on_the_cpu_and_writes_json(corpus_dir, tmp_path, 
     # MLflow's check and parent run (a helper process) overlap Ray's start: the driver waits for the
     # longer of the two, not their sum
     beside_ray = max(stages["Ray"], stages["MLflow beside Ray"])
-    assert stages["imports and plan"] + beside_ray < sweep["driver_ready_s"]
+    assert stages["imports and plan"] + beside_ray < sweep["driver_ready_s"] + 0.15  # each logged to 0.1 s
     assert sweep["per_trial"]["setup/process/imports"] > 0  # a new worker's imports
     assert {"setup/codec", "setup/model", "setup/data"} <= set(sweep["per_trial"])  # the build's parts
     # the end, stage by stage: Tune's last result to the process's exit (no MPS: Ray stops at exit)

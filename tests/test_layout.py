@@ -60,9 +60,10 @@ def test_only_the_gate_imports_the_trainable():
 
 
 def test_the_driver_reaches_tune_without_the_codec_or_the_trials_code():
-    """The driver's preparing thread imports torch, transformers, the evaluation and the trial's code
+    """The driver's preparing process imports torch, transformers, the evaluation and the trial's code
     (sweep.prepare); launch and the driver themselves do not, so Ray and Tune start seconds sooner.
-    mlflow comes with the driver's first call to it (sweep.tracking)."""
+    mlflow comes with the driver's first call to it (sweep.tracking) after its helper process opened
+    the parent run."""
     loaded = subprocess.run(
         [sys.executable, "-c", "import sys, sweep.launch, sweep.driver; print(' '.join(sys.modules))"],
         cwd=ROOT, capture_output=True, text=True, check=True,

@@ -45,15 +45,17 @@ def test_diverging_trials_end_cleanly_and_the_searcher_gets_the_surrogate(ray_cl
     assert all(t.values == [SURROGATE, SURROGATE] for t in study.trials)
 
 
+@pytest.mark.parametrize("helpers", ["processes", "threads"])
 def test_a_preparation_that_fails_after_the_trials_started_stops_the_sweep_with_its_reason(
-    ray_cluster, tmp_path, monkeypatch, capsys
+    ray_cluster, tmp_path, monkeypatch, capsys, helpers
 ):
-    """The trials start while the driver prepares their data (sweep/gate.py), in a process of its own.
-    Where preparing fails, the trials waiting at the gate end without training, Tune stops, and the
-    reason is the one line (exit 2)."""
+    """The trials start while the driver prepares their data (sweep/gate.py), in a process of its own
+    (or a thread: --without helper-processes). Where preparing fails, the trials waiting at the gate end
+    without training, Tune stops, and the reason is the one line (exit 2)."""
     monkeypatch.setattr("sweep.driver.PREPARE", "helpers:prepare_fails_once_a_trial_started")
     monkeypatch.chdir(tmp_path)
     argv = ["--space", "beta_dim", "--steps", "4", "--num-samples", "3", "--experiment", "unprepared"]
+    argv += ["--without", "helper-processes"] if helpers == "threads" else []
     assert main(argv) == 2
     assert "needs at least 2 speakers, found 1" in capsys.readouterr().err
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -129,9 +131,11 @@ def test_no_code_runs_from_untrusted_input():
         for p in (root / folder).rglob("*.py")
     }
     loader = "torch" + ".load("  # spelled apart so that this guard does not match itself
-    # One unpickling, of what this sweep's driver wrote into Ray's own store: the trials' context at the
-    # gate (Ray moves everything between its driver and its workers pickled, the same way).
-    trusted = {root / "sweep" / "gate.py": 1}
+    # Two unpicklings, both at the gate, of what this sweep's own processes wrote: the entry the driver put
+    # into Ray's own store, and in it the trials' context as the driver's preparing process sealed it (Ray
+    # moves everything between its driver and its workers pickled, the same way; so does the pipe between
+    # the driver and its helper processes, sweep/process_call.py).
+    trusted = {root / "sweep" / "gate.py": 2}
     for path, text in sources.items():
         assert "shell=True" not in text, path
         assert "trust_remote_code=True" not in text, path
