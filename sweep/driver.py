@@ -117,10 +117,8 @@ def _run(
         tracked = pool.submit(
             _timed, start, "MLflow beside Ray", _call, opening, OPEN_TRACKING, *_tracking_args(plan, resume)
         )
-        # The data waits for MLflow's check, so that an unreachable MLflow costs no compute.
-        prepared = pool.submit(
-            _prepare, plan, start, tracked, preparing
-        )  # the data: tens of seconds on a GPU
+        # The data (tens of seconds on a GPU) waits for MLflow: an unreachable MLflow costs no compute.
+        prepared = pool.submit(_prepare, plan, start, tracked, preparing)
         if not joins:
             info = _timed(*ray_args)
         try:

@@ -11,8 +11,9 @@ child process that ends once it has answered.
         ...
         sealed, tags, reference = child.call(plan)  # blocks; the child's exception is raised here
 
-The child is spawned, not forked (the driver has Ray's and gRPC's threads), ignores Ctrl-C (the
-driver stops it) and is a daemon: it never outlives the driver.
+The child is spawned, not forked (the driver has Ray's and gRPC's threads), and ignores Ctrl-C: the
+driver stops it (close, on leaving the with block), and as a daemon it is stopped at the driver's exit
+too; one left by a killed driver ends when its work is done, finding no one to answer.
 """
 
 from __future__ import annotations
