@@ -19,6 +19,7 @@ from pathlib import Path
 
 import ray
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from models.spec import CodecSpec, CodecWeightsMissing
 from sweep import process_age, stages_text
@@ -147,8 +148,12 @@ def _run(
         # Behind a searcher Tune starts a trial once the last one's worker is up: a wave starts together.
         os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(1, plan.trials_at_once(*size)))
         if resume:
-            tuner = _restore_tuner(plan, trainable)
+            tuner = _restore_tuner(plan, trainable)  # with the loggers it started with
         else:
+            # Tune's records (result.json, progress.csv) but not its TensorBoard files (the curves are in
+            # MLflow): tensorboardX imports torch into the driver as Tune starts the trials, 3-6 s on an
+            # H200 machine. TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 brings them back.
+            os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
             tuner = _new_tuner(plan, trainable, tracking, gate, verbose)
         opened = pool.submit(_open_gate, gate, prepared, plan, tracking, resume, start)
         _print_where(plan, tracking, info)
@@ -260,7 +265,12 @@ def _run_config(plan: SweepPlan, tracking: SweepTracking, gate: ContextGate, ver
         checkpoint_config=tune.CheckpointConfig(num_to_keep=plan.keep_checkpoints),
         failure_config=tune.FailureConfig(max_failures=2),  # a dead worker resumes from its last checkpoint
         verbose=2 if verbose else 0,  # Tune's tables behind --verbose; TrialEvents says what happens
-        callbacks=[TrialEvents(plan), TrialLifecycle(tracking, keep_optimizer=plan.keep_checkpoints > 1)],
+        callbacks=[
+            TrialEvents(plan),
+            TrialLifecycle(tracking, keep_optimizer=plan.keep_checkpoints > 1),
+            CSVLoggerCallback(),  # Tune's own records, named here so that its automatic loggers can be off
+            JsonLoggerCallback(),
+        ],
     )
 
 

@@ -163,6 +163,8 @@ def test_tiny_grid_leaves_every_trial_folder_complete_and_storage_bounded(
         assert check_trial_folder(folder) == "completed"
         weights = next(folder.glob("checkpoint_*/vae/weights.pt")).stat().st_size
         assert folder_bytes(folder, skip="evaluation") <= 1.5 * weights, folder
+        # Tune's records, and no TensorBoard files: the curves are in MLflow (sweep/driver.py)
+        assert (folder / "progress.csv").is_file() and not list(folder.glob("events.out.tfevents*")), folder
     pids = {r["pid"] for rows in trial_reports(experiment).values() for r in rows}
     assert len(pids) < 16  # CPU trials did share workers: the reused-worker path was exercised
     assert "Storage: " in out and "checkpoints" in out and "evaluation files" in out
