@@ -10,7 +10,6 @@ start and import; the trials wait for it at the gate (sweep/gate.py).
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,7 +31,7 @@ from sweep.events import TrialEvents, TrialLifecycle
 from sweep.gate import ContextGate, SealedContext, train_trial
 from sweep.mps import mps_daemon, sigterm_as_exit
 from sweep.plan import SweepPlan
-from sweep.process_call import ProcessCall
+from sweep.process_call import ProcessCall, resolve
 from sweep.search import load_study, param_space, scheduler, searcher
 from sweep.storage import is_uri
 from sweep.tracking import (
@@ -177,10 +176,7 @@ def _run(
 def _call(child: ProcessCall | None, target: str, *args):
     """target ("module:function") on args: in the child process, which has imported it meanwhile, or in
     this thread, imports included (--without helper-processes)."""
-    if child is not None:
-        return child.call(*args)
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)(*args)
+    return child.call(*args) if child is not None else resolve(target)(*args)
 
 
 def _prepare(

@@ -24,6 +24,12 @@ import pickle
 import signal
 
 
+def resolve(target: str):
+    """The function a "module:function" target names, its module imported."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 class ProcessCallFailed(RuntimeError):
     """The child died without an answer, or its exception could not be sent back."""
 
@@ -75,9 +81,8 @@ def _serve(connection, target: str, verbose: bool) -> None:
     from sweep.console import configure_logging
 
     configure_logging(verbose)
-    module, _, name = target.partition(":")
     try:
-        function = getattr(importlib.import_module(module), name)
+        function = resolve(target)
     except BaseException as err:  # reported when the call comes, as the call's error
         function, failed = None, err
     try:
