@@ -6,6 +6,7 @@ step, that must end with no errored and no retried trial and every trial's files
     pytest -m gpu -s                      # about 6 minutes on one H200
 """
 
+import contextlib
 import copy
 import shutil
 import subprocess
@@ -75,37 +76,43 @@ def speech(tmp_path_factory):
     return folder
 
 
-def test_compiled_step_matches_the_eager_step_on_cuda_in_bf16(speech, tmp_path):
+def test_compiled_step_matches_the_eager_step_on_cuda_in_bf16(speech, tmp_path, monkeypatch):
     """The default GPU step (torch.compile, CUDA graphs, fused AdamW) computes the eager step's function
-    on the full random-init Mimi at the paper's batch (4 x 4 s): same loss terms and gradients from the
-    same weights, batch and noise (to bf16 rounding), and a loss curve that stays with the eager one."""
+    on the full random-init Mimi at the paper's batch (4 x 4 s): from the same weights, batch and noise,
+    its loss terms match the eager step's to bf16 rounding, its gradients are as close to the fp32
+    step's as the eager bf16 step's are, and its loss curve stays with the eager one."""
     codec = MimiCodec.random_init("full", seed=0)
     cache = build_feature_cache(discover_audio(speech)[:12], codec, tmp_path / "cache", device="cuda")
     sampler = CropSampler(cache, list(range(len(cache))), crop_frames=50, batch_size=4, seed=0)
     noise = torch.randn(4, 32, 50, generator=torch.Generator().manual_seed(0)).cuda()
-    rows, grads, curves = [], [], []
-    for settings in (StepSettings(), StepSettings.fastest("cuda")):
-        torch.manual_seed(0)
-        trainer = VAETrainer(
-            BetaVAE(VAEConfig(latent_dim=32), copy.deepcopy(codec.decoder)), "cuda", settings
-        )
-        rows.append(trainer.train_step_async(sampler.batch(0), noise).double().cpu())
-        grads.append(
-            torch.cat(
+    rows, grads, curves = {}, {}, {}
+    runs = {"fp32": StepSettings(), "eager": StepSettings(), "compiled": StepSettings.fastest("cuda")}
+    for name, settings in runs.items():
+        with monkeypatch.context() as patch:
+            if name == "fp32":  # the same eager step without autocast: the reference both bf16 steps round
+                patch.setattr("models.training.autocast", lambda device: contextlib.nullcontext())
+            torch.manual_seed(0)
+            trainer = VAETrainer(
+                BetaVAE(VAEConfig(latent_dim=32), copy.deepcopy(codec.decoder)), "cuda", settings
+            )
+            rows[name] = trainer.train_step_async(sampler.batch(0), noise).double().cpu()
+            grads[name] = torch.cat(
                 [p.grad.flatten().double().cpu() for p in trainer.vae.parameters() if p.grad is not None]
             )
-        )
-        losses = [trainer.train_step_async(sampler.batch(i), noise)[-1] for i in range(1, 61)]
-        curves.append(torch.stack(losses).double().cpu())
+            if name != "fp32":
+                losses = [trainer.train_step_async(sampler.batch(i), noise)[-1] for i in range(1, 61)]
+                curves[name] = torch.stack(losses).double().cpu()
         del trainer
         torch.cuda.empty_cache()
-    (eager, fast), (g_eager, g_fast) = rows, grads
-    terms_err = float(((fast - eager).abs() / eager.abs().clamp_min(1e-12)).max())
-    grad_err = float((g_fast - g_eager).norm() / g_eager.norm())
-    curve_diff = float(abs(curves[1][-20:].mean() / curves[0][-20:].mean() - 1))
-    print(f"\ncompiled vs eager: loss terms {terms_err:.2e}, gradients {grad_err:.2e}, "
-          f"last-20 mean loss {curve_diff:.2%}")  # fmt: skip
-    assert terms_err < 2e-2 and grad_err < 2e-2  # bf16 autocast: ~3e-3 measured on an H200
+    terms_err = float(((rows["compiled"] - rows["eager"]).abs() / rows["eager"].abs().clamp_min(1e-12)).max())
+    grad_err = {name: float((grads[name] - grads["fp32"]).norm() / grads["fp32"].norm()) for name in curves}
+    curve_diff = float(abs(curves["compiled"][-20:].mean() / curves["eager"][-20:].mean() - 1))
+    print(f"\ncompiled vs eager: loss terms {terms_err:.2e}, last-20 mean loss {curve_diff:.2%}; gradients "
+          f"against fp32: eager {grad_err['eager']:.2e}, compiled {grad_err['compiled']:.2e}")  # fmt: skip
+    assert terms_err < 2e-2  # bf16 autocast: 5.4e-3 measured on an H200
+    # bf16 gradients are 1-3 % from fp32 here, and two bf16 steps as far from each other (9.2e-3 and
+    # 3.2e-2 between the eager and compiled steps on two H200s): each is held to the fp32 step instead.
+    assert grad_err["compiled"] < 2 * grad_err["eager"] + 1e-3 and grad_err["compiled"] < 0.1
     assert curve_diff < 0.1
 
 
