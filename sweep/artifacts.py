@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from evaluation.diagnostics import INJECTION_METRICS  # noqa: E402
 from evaluation.trial import TrialEvaluation  # noqa: E402
+from sweep.hosted_run import HostedTrialRun  # noqa: E402
 from sweep.tracking import TrialRun  # noqa: E402
 
 
@@ -46,7 +47,9 @@ def write_trial_files(evaluation: TrialEvaluation, folder: Path) -> dict[str, li
     return files
 
 
-def log_trial_evaluation(run: TrialRun, evaluation: TrialEvaluation, files: dict[str, list[Path]]) -> None:
+def log_trial_evaluation(
+    run: TrialRun | HostedTrialRun, evaluation: TrialEvaluation, files: dict[str, list[Path]]
+) -> None:
     """Log what write_trial_files wrote (`files`) and the WAVs to the trial's MLflow run."""
     for artifact_folder, paths in files.items():
         for path in paths:

@@ -109,6 +109,9 @@ def train_trial(config: dict, gate: ContextGate) -> None:
     """Tune's trainable: a new worker's imports (seconds, while the driver prepares), then the sweep's
     context from the gate, then the trial (sweep.trainable.train_trial, whose name it keeps so that a
     sweep started by an earlier version resumes)."""
+    from sweep.hosted_run import start_host
+
+    start_host()  # mlflow imported in a process of the worker's own, beside the trial's imports
     from sweep.trainable import train_trial as run_trial
 
     began = time.perf_counter()

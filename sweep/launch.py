@@ -166,7 +166,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "loop instead of beside it), worker-reuse (each GPU trial starts a worker process of its own "
         "instead of taking over a finished trial's, with its imports, CUDA context and codec), "
         "helper-processes (the driver opens its MLflow run and prepares the trials' data in threads of its "
-        "own instead of processes spawned as it starts)",
+        "own instead of processes spawned as it starts), mlflow-host (each trial keeps its MLflow run in its "
+        "own process instead of a process its worker spawns before the trial's imports)",
     )
     res.add_argument("--address", help="an existing Ray cluster (or RAY_ADDRESS); default: start Ray here")
     res.add_argument("--no-dashboard", action="store_true", help="do not start Ray's dashboard (local Ray)")

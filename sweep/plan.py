@@ -27,7 +27,8 @@ COMPILE_MIN_STEPS = 2000  # below this a compiled step's warm-up (8-45 s) is not
 TRIALS_PER_GPU = 4  # the default packing: most steps/s per GPU in sweep.bench (H200: 178 with MPS)
 TRIAL_GPU_MEMORY_GIB = 4  # a paper trial: peak 1.1-1.3 GiB allocated (sweep.bench), + context, headroom
 # Speed-ups a sweep can run without, to measure what each is worth (sweep.bench --parts sweep --without).
-SPEED_SWITCHES = ("compile-cache", "battery-graphs", "background-io", "worker-reuse", "helper-processes")
+SPEED_SWITCHES = ("compile-cache", "battery-graphs", "background-io", "worker-reuse", "helper-processes",
+                  "mlflow-host")  # fmt: skip
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")  # never a path: no '/', no leading '.'
 
 

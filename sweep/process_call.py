@@ -14,20 +14,29 @@ child process that ends once it has answered.
 The child is spawned, not forked (the driver has Ray's and gRPC's threads), and ignores Ctrl-C: the
 driver stops it (close, on leaving the with block), and as a daemon it is stopped at the driver's exit
 too; one left by a killed driver ends when its work is done, finding no one to answer.
+
+A ProcessHost keeps objects in such a process and answers calls on them until its parent goes: a trial
+worker's MLflow runs live in one (sweep/hosted_run.py), spawned before the trial's own imports.
+
+    host = ProcessHost(("mlflow", "sweep.tracking"))            # spawned; it imports them
+    handle = host.make("sweep.tracking:TrialRun.find_or_create", tracking, ...)
+    host.call(handle, "log_metrics", {"loss": 1.0}, 50)         # the method's value, or its exception
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import multiprocessing
 import pickle
 import signal
+import threading
 
 
 def resolve(target: str):
-    """The function a "module:function" target names, its module imported."""
+    """The function a "module:function" (or "module:Class.method") target names, its module imported."""
     module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
+    return functools.reduce(getattr, name.split("."), importlib.import_module(module))
 
 
 class ProcessCallFailed(RuntimeError):
@@ -100,3 +109,90 @@ def _serve(connection, target: str, verbose: bool) -> None:
     except (pickle.PicklingError, TypeError, AttributeError) as err:  # an answer that cannot travel
         kind = answer[1] if answer[0] == "error" else err
         connection.send(("error", ProcessCallFailed(f"{target}: {type(kind).__name__}: {kind}")))
+
+
+class ProcessHost:
+    def __init__(self, imports: tuple[str, ...], verbose: bool = False):
+        """imports: modules the child imports as it starts, before any call comes."""
+        context = multiprocessing.get_context("spawn")
+        self._lock = threading.Lock()  # one request and its answer at a time, from any thread
+        self._connection, child_end = context.Pipe()
+        self._process = context.Process(
+            target=_host, args=(child_end, imports, verbose), name="sweep host", daemon=True
+        )
+        self._process.start()
+        child_end.close()
+
+    def make(self, target: str, *args, **kwargs) -> int:
+        """A handle to what the "module:function" target returns for the arguments, kept in the child."""
+        return self._request(("make", target, None, args, kwargs))
+
+    def call(self, handle: int, method: str, *args, **kwargs):
+        """The value of the handle's method for the arguments, or its exception, raised here."""
+        return self._request(("call", handle, method, args, kwargs))
+
+    def drop(self, handle: int) -> None:
+        """The child forgets the handle's object."""
+        self._request(("drop", handle, None, (), {}))
+
+    def _request(self, request: tuple):
+        with self._lock:
+            try:
+                self._connection.send(request)
+                outcome, value = self._connection.recv()
+            except (EOFError, OSError):
+                self._process.join(1)
+                raise ProcessCallFailed(
+                    f"the host process ended (exit code {self._process.exitcode}) without answering "
+                    f"{request[0]} {request[1]}"
+                ) from None
+        if outcome == "error":
+            raise value
+        return value
+
+    def close(self) -> None:
+        """The child ends, its objects with it (it ends by itself too, once this process has gone)."""
+        self._connection.close()
+        self._process.join(5)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(5)
+
+
+def _host(connection, imports: tuple[str, ...], verbose: bool) -> None:
+    """The host's child: import, then make objects and answer calls on them until the parent goes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from sweep.console import configure_logging
+
+    configure_logging(verbose)
+    try:
+        for module in imports:
+            importlib.import_module(module)
+        failed = None
+    except BaseException as err:  # every request is answered with it
+        failed = err
+    objects: dict[int, object] = {}
+    made = 0
+    while True:
+        try:
+            kind, target, method, args, kwargs = connection.recv()
+        except EOFError:  # the parent closed its end, or died
+            return
+        try:
+            if failed is not None:
+                raise failed
+            if kind == "make":
+                made += 1
+                objects[made] = resolve(target)(*args, **kwargs)
+                answer = ("ok", made)
+            elif kind == "call":
+                answer = ("ok", getattr(objects[target], method)(*args, **kwargs))
+            else:  # drop
+                objects.pop(target, None)
+                answer = ("ok", None)
+        except BaseException as err:
+            answer = ("error", err)
+        try:
+            connection.send(answer)
+        except (pickle.PicklingError, TypeError, AttributeError) as err:
+            connection.send(("error", ProcessCallFailed(f"{kind} {target}: {type(err).__name__}: {err}")))

@@ -43,6 +43,7 @@ from evaluation.trial import TrialEvaluation
 from models.training import VAETrainer
 from sweep.artifacts import log_trial_evaluation, write_trial_files
 from sweep.config import TrialParams
+from sweep.hosted_run import HostedTrialRun, open_trial_run, stop_host
 from sweep.objective import (
     CHECKPOINT_STEP,
     COMPLETED,
@@ -230,13 +231,17 @@ def persist_trial_folder(folder: Path) -> str:
     return target
 
 
-def _child_run(context: TrialContext, params: TrialParams, name: str, node_id: str) -> TrialRun | None:
+def _child_run(
+    context: TrialContext, params: TrialParams, name: str, node_id: str
+) -> TrialRun | HostedTrialRun | None:
     if context.tracking is None:
+        stop_host()
         return None
     trial = tune.get_context()
     try:
-        run = TrialRun.find_or_create(
+        run = open_trial_run(
             context.tracking,
+            hosted="mlflow-host" not in context.without,
             trial_id=trial.get_trial_id(),
             name=f"{name} {params.label(context.varied)}",
             params={**params.run_params(), **{f"preset.{k}": v for k, v in context.preset.to_dict().items()}},
@@ -281,7 +286,9 @@ def _release_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _log_final(run: TrialRun, final: dict, evaluation: TrialEvaluation, files: dict, step: int) -> None:
+def _log_final(
+    run: TrialRun | HostedTrialRun, final: dict, evaluation: TrialEvaluation, files: dict, step: int
+) -> None:
     run.log_metrics(
         {k: v for k, v in final.items() if not k.startswith(PROBE) and k not in (WALL, STARTED)}, step
     )
@@ -289,7 +296,7 @@ def _log_final(run: TrialRun, final: dict, evaluation: TrialEvaluation, files: d
     run.set_tags({"rollout/horizon": str(int(final["rollout/horizon"]))})
 
 
-def _end_diverged(diverged: Diverged, run: TrialRun | None, latest: dict) -> None:
+def _end_diverged(diverged: Diverged, run: TrialRun | HostedTrialRun | None, latest: dict) -> None:
     """Report the divergence honestly and end the trial; the searcher sees the surrogate."""
     step, loss = diverged.step, diverged.values["train/loss"]
     log.warning("%s", diverged)
