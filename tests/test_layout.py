@@ -81,6 +81,16 @@ def test_the_driver_reaches_tune_without_the_codec_or_the_trials_code():
     assert heavy & set(loaded) == set()
 
 
+def test_a_trial_worker_imports_no_mlflow():
+    """A trial's MLflow run lives in the host process its worker spawns at the gate (sweep/hosted_run.py),
+    which imports mlflow beside the trial's own imports; the trial's code does not import it."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, sweep.gate, sweep.trainable; print(' '.join(sys.modules))"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert "torch" in loaded and "mlflow" not in loaded
+
+
 def test_a_trials_pieces_need_no_ray():
     """sweep/trial.py runs one trial anywhere (sweep.smoke, tests); Ray's part is sweep/trainable.py."""
     graph, seen, todo = import_graph(), set(), ["sweep.trial"]
