@@ -10,8 +10,9 @@ battery (a subset of eval, small MDNs, h in {1, 4}) and reports it under `probe/
 decides on `probe/objective/rollout_k4`; until the first rung every report carries the surrogate
 (`probe/measured` = 0 says so). Checkpoints (weights + AdamW state, resumable) come every
 `checkpoint_every` steps and at rungs; Tune keeps the latest. The periodic ones are written beside
-training (trial.CheckpointWriter) and go to Tune with the next report; MLflow's metrics go from a
-thread of the run's own (`--without background-io` puts both back in the loop, to measure them).
+training (trial.CheckpointWriter) and go to Tune with the next report, which a thread of the trial's
+own makes (Reporter: Tune copies the checkpoint into its storage as it takes it); MLflow's metrics go
+from a thread of the run's own (`--without background-io` puts all three back in the loop).
 At the end: the full battery, reconstruction metrics, rollout WAVs, written into the trial's folder
 in Tune's storage (`evaluation/`), logged to the trial's MLflow child run, and reported with the
 trained weights alone as the final checkpoint.
@@ -158,7 +159,7 @@ def _train_trial(config: dict, context: TrialContext, waited_for_driver: float =
     if waited_for_driver:
         clock.totals["setup/driver"] = waited_for_driver  # at the gate (sweep/gate.py), before its set-up
     curves = {}
-    with CheckpointWriter() as writer:
+    with CheckpointWriter() as writer, Reporter(background) as reporter:
         try:
             for interval in train(trial, context.preset, clock):
                 curves = interval.curves
@@ -180,8 +181,10 @@ def _train_trial(config: dict, context: TrialContext, waited_for_driver: float =
                 keep = trial.trainer if interval.checkpoint and (interval.rung or not background) else None
                 if interval.checkpoint and keep is None:
                     clock.timed("checkpoint", writer.start, trial.trainer, trial.latest)
-                clock.timed("checkpoint", _report, metrics, keep, trial.latest, writer.written())
+                clock.timed("checkpoint", reporter.report, metrics, keep, trial.latest, writer.written())
+            clock.timed("checkpoint", reporter.drain)
         except Diverged as diverged:
+            reporter.drain()
             return _end_diverged(diverged, run, trial.latest)
     with tempfile.TemporaryDirectory() as scratch:
         final = _finish(trial, context, run, {**curves, **trial.latest, **node}, clock, Path(scratch))
@@ -272,8 +275,76 @@ def _report(
         )
     else:
         tune.report(metrics)
+    _discard(written)  # Tune has copied it into its storage
+
+
+class Reporter:
+    """A trial's reports to Tune, made in order by a thread of their own: tune.report copies a periodic
+    checkpoint's folder (460 MB for a paper trial) into Tune's storage before it returns, and training
+    goes on meanwhile. A report whose checkpoint is the trainer's own (a rung's) is made by the trial's
+    thread, after those queued. Tune ends a stopped trial by raising SystemExit in tune.report: that, or
+    an error, is raised in the trial at its next report or at `drain`, and nothing queued after it is
+    reported. background False (--without background-io): every report from the trial's thread."""
+
+    MAX_QUEUED = 2  # reports waiting before the trial waits too: a slow storage slows training, no more
+
+    def __init__(self, background: bool):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tune-report") if background else None
+        self._queued: list[Future] = []
+        self._failed: BaseException | None = None
+
+    def report(
+        self, metrics: dict, trainer: VAETrainer | None, latest: dict, written: tuple[Path, int] | None = None
+    ) -> None:
+        """_report's arguments: queued, or made now where `trainer` is given (after what is queued)."""
+        now = trainer is not None or self._pool is None
+        try:
+            if now:
+                self.drain()
+            else:
+                self._raise_failure()
+        except BaseException:
+            _discard(written)
+            raise
+        if now:
+            return _report(metrics, trainer, latest, written)
+        self._queued = [f for f in self._queued if not f.done()]
+        if len(self._queued) >= self.MAX_QUEUED:
+            self._queued.pop(0).result()
+        self._queued.append(self._pool.submit(self._make, metrics, latest, written))
+
+    def drain(self) -> None:
+        """Wait until every queued report is made; raise what the first that failed raised."""
+        for queued in self._queued:
+            queued.result()
+        self._queued = []
+        self._raise_failure()
+
+    def _make(self, metrics: dict, latest: dict, written) -> None:
+        if self._failed is not None:  # the trial is ending: what came after is not reported
+            return _discard(written)
+        try:
+            _report(metrics, None, latest, written)
+        except BaseException as err:  # noqa: BLE001 -- raised in the trial's thread (SystemExit too)
+            self._failed = err
+            _discard(written)
+
+    def _raise_failure(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+
+    def __enter__(self) -> Reporter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+def _discard(written: tuple[Path, int] | None) -> None:
+    """A checkpoint written beside training that will not be reported: its folder goes."""
     if written is not None:
-        shutil.rmtree(written[0].parent, ignore_errors=True)  # Tune has copied it into its storage
+        shutil.rmtree(written[0].parent, ignore_errors=True)
 
 
 def _release_device_memory() -> None:

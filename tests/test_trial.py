@@ -171,3 +171,49 @@ def test_a_workers_trials_run_on_one_thread_that_survives_their_exits():
         "ValueError",
         ("compiled by the first trial", "trial"),
     ]
+
+
+def test_reports_are_made_in_order_beside_training_and_tunes_stop_reaches_the_trial(monkeypatch, tmp_path):
+    """Reporter: a report with a periodic checkpoint returns before Tune has copied it (the copy is
+    what made the trial wait); reports keep their order, a rung's (the trainer's own checkpoint) waits
+    for those queued; Tune's SystemExit for a stopped trial reaches the trial at its next report, and
+    nothing queued after it is reported, its checkpoint folder removed."""
+    import threading
+    import time
+
+    import sweep.trainable
+    from sweep.trainable import Reporter
+
+    made, copying = [], threading.Event()
+
+    def fake_report(metrics, trainer, latest, written=None):
+        if written is not None:
+            copying.wait(5)  # Tune copying the checkpoint into its storage
+        if metrics.get("stop"):
+            raise SystemExit(0)
+        made.append((metrics["step"], trainer is not None, threading.current_thread().name))
+
+    monkeypatch.setattr(sweep.trainable, "_report", fake_report)
+    folder = tmp_path / "sweep-checkpoint-x" / "checkpoint"
+    folder.mkdir(parents=True)
+    with Reporter(background=True) as reporter:
+        began = time.perf_counter()
+        reporter.report({"step": 1}, None, {}, (folder, 1))
+        assert time.perf_counter() - began < 1 and made == []  # the trial trains on during the copy
+        reporter.report({"step": 2}, None, {})
+        copying.set()
+        reporter.report({"step": 3}, object(), {})  # a rung's: after the queued ones, on this thread
+        assert [(s, t) for s, t, _ in made] == [(1, False), (2, False), (3, True)]
+        assert made[0][2].startswith("tune-report") and made[2][2] == threading.current_thread().name
+        reporter.report({"step": 4, "stop": True}, None, {})
+        late = tmp_path / "sweep-checkpoint-y" / "checkpoint"
+        late.mkdir(parents=True)
+        with pytest.raises(SystemExit):
+            reporter.report({"step": 5}, None, {}, (late, 5))
+            reporter.drain()
+        with pytest.raises(SystemExit):
+            reporter.drain()
+    assert [s for s, _, _ in made] == [1, 2, 3] and not late.parent.exists()
+    with Reporter(background=False) as reporter:  # --without background-io: all on the trial's thread
+        reporter.report({"step": 6}, None, {})
+    assert made[-1][2] == threading.current_thread().name
