@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -223,15 +224,18 @@ class CheckpointWriter:
     start waits for the older write, then replaces it; leaving the `with` block waits for a write under
     way and removes what was never handed over."""
 
+    PREFIX = "sweep-checkpoint-"  # then the writing process's pid: a killed worker's folder is found
+
     def __init__(self):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoint-writer")
         self._pending: Future | None = None
         self._step = 0
+        remove_orphaned_checkpoints()
 
     def start(self, trainer: VAETrainer, latest: dict) -> None:
         self._discard()
         state = checkpoint_state(trainer, copy=True)
-        folder = Path(tempfile.mkdtemp(prefix="sweep-checkpoint-")) / "checkpoint"
+        folder = Path(tempfile.mkdtemp(prefix=f"{self.PREFIX}{os.getpid()}-")) / "checkpoint"
         self._pending, self._step = (
             self._pool.submit(write_checkpoint_from, folder, state, dict(latest)),
             trainer.step,
@@ -260,6 +264,26 @@ class CheckpointWriter:
     def __exit__(self, *exc) -> None:
         self._discard()
         self._pool.shutdown(wait=True)
+
+
+def remove_orphaned_checkpoints() -> None:
+    """Remove what killed trial workers left in this machine's temporary folder: a worker killed while
+    it held a checkpoint written beside training (460 MB for a paper trial) leaves that folder, whose
+    name carries the worker's pid; the next trial on the machine takes it away once that pid is gone."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{CheckpointWriter.PREFIX}*-*"):
+        pid = folder.name.removeprefix(CheckpointWriter.PREFIX).split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def probe(trial: Trial, context: TrialContext) -> dict:

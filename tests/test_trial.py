@@ -217,3 +217,27 @@ def test_reports_are_made_in_order_beside_training_and_tunes_stop_reaches_the_tr
     with Reporter(background=False) as reporter:  # --without background-io: all on the trial's thread
         reporter.report({"step": 6}, None, {})
     assert made[-1][2] == threading.current_thread().name
+
+
+def test_a_killed_workers_checkpoint_folder_goes_with_the_next_trial_on_the_machine(tmp_path, monkeypatch):
+    """A worker killed while it held a checkpoint written beside training leaves its folder in the
+    temporary folder (460 MB for a paper trial); the next CheckpointWriter removes those of dead
+    processes, and leaves a live process's and any other folder alone."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    orphan = tmp_path / f"sweep-checkpoint-{gone.pid}-x1y2z3" / "checkpoint"
+    orphan.mkdir(parents=True)
+    (orphan / "model.pt").write_bytes(b"0" * 1024)
+    live = tmp_path / f"sweep-checkpoint-{os.getpid()}-a1b2c3"
+    unrelated = [tmp_path / "sweep-checkpoint-k8m2p0qz", tmp_path / "sweep-checkpoint-notapid-1"]
+    for folder in (live, *unrelated):
+        folder.mkdir()
+    with CheckpointWriter():
+        pass
+    assert not orphan.parent.exists() and live.exists() and all(f.exists() for f in unrelated)
