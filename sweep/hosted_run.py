@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 HOST_IMPORTS = ("mlflow", "sweep.tracking")  # what the host imports as it starts
 FIND_OR_CREATE = "sweep.tracking:TrialRun.find_or_create"
 _HOST: list[ProcessHost] = []  # this worker process's host, once started
+_RUN: list[int] = []  # the handle of the run it keeps for this worker's current trial
 
 
 def start_host() -> None:
@@ -41,6 +42,7 @@ def stop_host() -> None:
     """End this process's host, if any (a trial that keeps its run itself has no use for it)."""
     if _HOST:
         _HOST.pop().close()
+        _RUN.clear()
 
 
 def open_trial_run(tracking, hosted: bool, **find_or_create):
@@ -50,7 +52,12 @@ def open_trial_run(tracking, hosted: bool, **find_or_create):
     if hosted and _HOST:
         host = _HOST[0]
         try:
-            return HostedTrialRun(host, host.make(FIND_OR_CREATE, tracking, **find_or_create))
+            # A worker runs its trials one at a time (sweep.trainable.TrialThread): the last one's run is
+            # over, and the host lets it go (its metrics already queued are still sent).
+            for handle in _RUN:
+                host.drop(handle)
+            _RUN[:] = [host.make(FIND_OR_CREATE, tracking, **find_or_create)]
+            return HostedTrialRun(host, _RUN[0])
         except ProcessCallFailed as err:
             log.warning("%s; the trial keeps its MLflow run in its own process", err)
     stop_host()

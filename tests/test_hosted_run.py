@@ -72,6 +72,9 @@ def test_the_same_trial_again_finds_its_run_through_the_host(tracking, host):
     assert isinstance(first, HostedTrialRun) and isinstance(again, HostedTrialRun)
     (run,) = child_runs(tracking)
     assert run.data.tags["sweep.attempt"] == "2"
+    with pytest.raises(KeyError):  # the host let the earlier trial's run go: it keeps one at a time
+        host.call(first._handle, "flush")
+    assert host.call(again._handle, "flush") is None
 
 
 def test_without_the_host_the_run_stays_in_the_trials_process_and_the_host_ends(tracking, host):
