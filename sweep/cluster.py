@@ -85,10 +85,21 @@ def start_ray(
             dashboard_host=dashboard_host,
             runtime_env=runtime_env,
             logging_level=level,
+            _system_config=ray_system_config(runtime_env is not None, plan.without),
         )
     if plan.gpus_per_trial > 0 and not ray.cluster_resources().get("GPU"):
         raise UsageError(f"--gpus-per-trial {plan.gpus_per_trial:g} but the Ray cluster has no GPUs.")
     return info
+
+
+def ray_system_config(job_runtime_env: bool, without=()) -> dict:
+    """The local Ray's settings. As the driver connects, Ray prestarts one idle worker process per CPU
+    for the jobs without a runtime_env; a job with one (--mps: the daemon's variables) never runs on
+    them, and on an H200 machine 16 of them start just as Tune starts the trials' workers, beside their
+    imports. So a sweep whose workers have a runtime_env starts none (--without lean-ray-start: it does)."""
+    if job_runtime_env and "lean-ray-start" not in without:
+        return {"prestart_worker_first_driver": False}
+    return {}
 
 
 def check_answers(address: str, timeout_s: float = 5.0) -> None:

@@ -168,7 +168,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "instead of taking over a finished trial's, with its imports, CUDA context and codec), "
         "helper-processes (the driver opens its MLflow run and prepares the trials' data in threads of its "
         "own instead of processes spawned as it starts), mlflow-host (each trial keeps its MLflow run in its "
-        "own process instead of a process its worker spawns before the trial's imports)",
+        "own process instead of a process its worker spawns before the trial's imports), lean-ray-start "
+        "(with --mps, Ray also prestarts one idle worker process per CPU as the driver connects, which "
+        "the trials' workers, started with the MPS daemon's variables, never use)",
     )
     res.add_argument("--address", help="an existing Ray cluster (or RAY_ADDRESS); default: start Ray here")
     res.add_argument("--no-dashboard", action="store_true", help="do not start Ray's dashboard (local Ray)")

@@ -28,7 +28,7 @@ TRIALS_PER_GPU = 4  # the default packing: most steps/s per GPU in sweep.bench (
 TRIAL_GPU_MEMORY_GIB = 4  # a paper trial: peak 1.1-1.3 GiB allocated (sweep.bench), + context, headroom
 # Speed-ups a sweep can run without, to measure what each is worth (sweep.bench --parts sweep --without).
 SPEED_SWITCHES = ("compile-cache", "battery-graphs", "background-io", "worker-reuse", "helper-processes",
-                  "mlflow-host")  # fmt: skip
+                  "mlflow-host", "lean-ray-start")  # fmt: skip
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")  # never a path: no '/', no leading '.'
 
 

@@ -247,3 +247,34 @@ def test_mlflow_going_away_mid_sweep_loses_nothing(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def _idle_workers() -> int:
+    """Worker processes of this driver's Ray that serve nothing yet (Ray names them ray::IDLE)."""
+    import psutil
+    from ray._private import ray_constants, worker
+
+    raylet = worker._global_node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    return sum("ray::IDLE" in " ".join(child.cmdline()) for child in psutil.Process(raylet).children())
+
+
+@pytest.mark.parametrize("without", [[], ["lean-ray-start"]])
+def test_ray_started_for_mps_workers_prestarts_no_idle_workers(without):
+    """The workers of a job with a runtime_env (--mps: the daemon's variables) never run on the idle
+    workers that Ray prestarts as the driver connects, so a sweep that gives one starts none."""
+    from types import SimpleNamespace
+
+    import ray
+
+    from sweep.cluster import start_ray
+
+    plan = SimpleNamespace(gpus_per_trial=0, without=without)
+    start_ray(None, False, plan, worker_env={"SWEEP_TEST_MPS_PIPE": "/tmp/pipe"})
+    try:
+        time.sleep(3)  # Ray prestarts them within a second of the driver's connection
+        idle = _idle_workers()
+        value = ray.get(ray.remote(lambda: os.environ.get("SWEEP_TEST_MPS_PIPE")).remote())
+    finally:
+        ray.shutdown()
+    assert value == "/tmp/pipe"  # the workers still get the variables
+    assert (idle == 0) if not without else (idle > 0), f"{idle} idle workers with --without {without}"
