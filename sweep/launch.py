@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-from sweep import spaces
+from sweep import exit_without_teardown, spaces
 from sweep.config import PRESETS, RECON_MARGIN, SCHEDULERS
 from sweep.console import configure_logging, describe, projection
 from sweep.errors import UsageError, report_usage_error
@@ -230,4 +229,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())
