@@ -104,11 +104,17 @@ def _serve(connection, target: str, verbose: bool) -> None:
         answer = ("ok", function(*args))
     except BaseException as err:
         answer = ("error", err)
+    _send_answer(connection, answer, target)
+
+
+def _send_answer(connection, answer: tuple, what: str) -> None:
+    """Send ("ok", value) or ("error", exception); one that cannot travel (pickling fails) becomes a
+    ProcessCallFailed naming `what` and the exception, or else the pickling failure."""
     try:
         connection.send(answer)
-    except (pickle.PicklingError, TypeError, AttributeError) as err:  # an answer that cannot travel
+    except (pickle.PicklingError, TypeError, AttributeError) as err:
         kind = answer[1] if answer[0] == "error" else err
-        connection.send(("error", ProcessCallFailed(f"{target}: {type(kind).__name__}: {kind}")))
+        connection.send(("error", ProcessCallFailed(f"{what}: {type(kind).__name__}: {kind}")))
 
 
 class ProcessHost:
@@ -192,7 +198,4 @@ def _host(connection, imports: tuple[str, ...], verbose: bool) -> None:
                 answer = ("ok", None)
         except BaseException as err:
             answer = ("error", err)
-        try:
-            connection.send(answer)
-        except (pickle.PicklingError, TypeError, AttributeError) as err:
-            connection.send(("error", ProcessCallFailed(f"{kind} {target}: {type(err).__name__}: {err}")))
+        _send_answer(connection, answer, f"{kind} {target}")

@@ -86,6 +86,13 @@ def test_a_methods_exception_is_raised_here_and_the_host_goes_on(host):
     assert host.call(words, "popitem") == ("k", 1)
 
 
+def test_an_answer_that_cannot_travel_is_an_error_and_the_host_goes_on(host):
+    condition = host.make("threading:Condition")
+    with pytest.raises(ProcessCallFailed, match="call 1: TypeError: cannot pickle"):
+        host.call(condition, "__getattribute__", "_lock")  # its lock, which cannot be pickled
+    assert host.call(condition, "_is_owned") is False  # the host answers the next call
+
+
 def test_calls_from_several_threads_each_get_their_own_answer(host):
     counts = host.make("collections:Counter")
 
