@@ -46,6 +46,14 @@ def battery_against_oracle(process, config: BatteryConfig) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("process", PROCESSES, ids=lambda p: p.name)
+# The coupled process (every dimension mixes with every other) runs by default; the two per-dimension
+# ones with `pytest -m slow` (CI runs both sets).
+ORACLE_CASES = [
+    pytest.param(p, id=p.name, marks=() if p.name.startswith("coupled") else pytest.mark.slow)
+    for p in PROCESSES
+]
+
+
+@pytest.mark.parametrize("process", ORACLE_CASES)
 def test_battery_reads_what_the_true_model_reads(process):
     assert battery_against_oracle(process, CPU_CONFIG) == []

@@ -8,6 +8,7 @@ import pytest
 from sweep import bench
 
 
+@pytest.mark.slow
 def test_bench_runs_every_part_on_the_cpu_and_writes_json(corpus_dir, tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = [

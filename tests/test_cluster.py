@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,11 +27,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait(condition, seconds: float, what: str, poll: float = 1.0):
+def _wait(condition, seconds: float, what: str, poll: float = 1.0, logs: tuple[Path, ...] = ()):
+    """Poll `condition` until it holds; on timeout, fail showing the tail of each of `logs`."""
     deadline = time.monotonic() + seconds
     while not condition():
-        assert time.monotonic() < deadline, f"timed out after {seconds} s waiting for {what}"
+        if time.monotonic() >= deadline:
+            tails = "".join(f"\n--- {log} ---\n{_tail(log)}" for log in logs)
+            raise AssertionError(f"timed out after {seconds} s waiting for {what}{tails}")
         time.sleep(poll)
+
+
+def _tail(log: Path, chars: int = 3000) -> str:
+    return log.read_text(errors="replace")[-chars:] if log.exists() else "(not written)"
 
 
 def _start_server(port: int, folder: Path) -> subprocess.Popen:
@@ -48,20 +56,22 @@ def _start_server(port: int, folder: Path) -> subprocess.Popen:
             f"sqlite:///{folder / 'server.db'}",
             "--artifacts-destination",
             str(folder / "server-artifacts"),
+            "--workers",  # one process serves these tests; MLflow's 4 took ~25 s to start on two cores
+            "1",
         ],
         stdout=open(folder / "server.log", "a"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
 
-    def up():
+    def up():  # the port opens before the app can answer: ask it
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:
+                return answer.status == 200
         except OSError:
             return False
 
-    _wait(up, 120, "mlflow server")
+    _wait(up, 120, "mlflow server", logs=(folder / "server.log",))
     return server
 
 
@@ -118,6 +128,7 @@ def two_nodes(tmp_path):
     subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120, env=ENV)
 
 
+@pytest.mark.slow
 def test_two_node_sweep_survives_losing_a_node(two_nodes, tmp_path):
     address, second, second_id = two_nodes
     args = ("--address", address, "--space", "beta_dim", "--steps", "60", "--num-samples", "4")
@@ -143,6 +154,7 @@ def test_two_node_sweep_survives_losing_a_node(two_nodes, tmp_path):
         lambda: checkpointed_and_running_on_second_node() or driver.poll() is not None,
         400,
         "a checkpointed trial training on the second node",
+        logs=(tmp_path / "driver.log",),
     )
     assert driver.poll() is None, (where_trials_ran(), (tmp_path / "driver.log").read_text()[-3000:])
     os.killpg(second.pid, signal.SIGTERM)  # the second node goes away mid-sweep
@@ -199,6 +211,7 @@ def test_sweep_logs_to_an_mlflow_server_and_wavs_come_back(mlflow_server, tmp_pa
     assert children[0].info.artifact_uri.startswith("mlflow-artifacts:")  # served by the server, not a path
 
 
+@pytest.mark.slow
 def test_mlflow_going_away_mid_sweep_loses_nothing(tmp_path):
     """The server dies mid-sweep: trials finish, results stay in Tune's storage, sweep.sync sends them."""
     port = _free_port()
@@ -217,7 +230,14 @@ def test_mlflow_going_away_mid_sweep_loses_nothing(tmp_path):
         )
         return len(runs) >= 1
 
-    _wait(logging_started, 300, "the first train/loss in MLflow")
+    driver_log = work / "driver.log"
+    _wait(
+        lambda: logging_started() or driver.poll() is not None,
+        300,
+        "the first train/loss in MLflow",
+        logs=(driver_log, tmp_path / "server.log"),
+    )
+    assert driver.poll() is None, f"the driver ended before a train/loss reached MLflow:\n{_tail(driver_log)}"
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=30)
     assert driver.wait(timeout=900) == 0, (work / "driver.log").read_text()[-3000:]

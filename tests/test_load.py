@@ -1,4 +1,4 @@
-"""Load: a 64-trial sweep with tiny trials completes, and the driver's memory stays flat (slow)."""
+"""Load: a 64-trial sweep of tiny trials completes, and the driver's memory stays flat (`pytest -m load`)."""
 
 import time
 
@@ -22,7 +22,7 @@ def _finished(experiment_dir) -> int:
     )
 
 
-@pytest.mark.slow
+@pytest.mark.load
 def test_64_trials_complete_and_driver_memory_stays_flat(tmp_path):
     args = ("--space", "beta_dim", "--preset", "tiny", "--num-samples", "64")
     driver = launch(tmp_path, *args, "--experiment", "load", "--no-dashboard")

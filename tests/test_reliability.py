@@ -154,6 +154,7 @@ def test_utterance_ids_cannot_steer_wav_paths():
         assert "/" not in name and "\\" not in name and name not in ("", ".", "..")
 
 
+@pytest.mark.slow
 def test_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path):
     """SIGKILL to a trial's process mid-training: Tune retries it (FailureConfig) from its last
     checkpoint, in the same MLflow child run (sweep.attempt = 2), and the sweep completes."""

@@ -147,6 +147,7 @@ def test_trials_ran_concurrently(smoke_sweep):
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
 
 
+@pytest.mark.slow
 def test_tiny_grid_leaves_every_trial_folder_complete_and_storage_bounded(
     ray_cluster, tmp_path, monkeypatch, capsys
 ):
@@ -194,6 +195,7 @@ def _finished_children(db):
     return [r for r in runs if r.info.status == "FINISHED"]
 
 
+@pytest.mark.slow
 def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path):
     """SIGINT then SIGKILL to the driver mid-sweep; --resume finishes it (docs/science.md §5, ray#30861)."""
     command = launch_command("--no-dashboard", "--experiment", "resume-test")
@@ -238,6 +240,7 @@ def test_killed_driver_resumes_without_rerunning_or_duplicating(tmp_path):
     assert "Sweep summary" in resumed.stdout
 
 
+@pytest.mark.slow
 def test_asha_decides_on_the_cheap_battery_and_stopped_trials_are_pruned(ray_cluster, tmp_path, monkeypatch):
     """ASHA stops trials on probe values; those trials are PRUNED for Optuna (never COMPLETE with probe
     values), off the Pareto front, listed apart in the summary, their MLflow runs KILLED."""
@@ -296,7 +299,7 @@ def test_the_listening_page_plays_from_its_file_and_in_mlflow_and_the_compare_vi
         port = free_port()
         store = f"sqlite:///{workdir / 'mlflow.db'}"
         server = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
-                  "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+                  "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
         with ui_server(server, port) as base:
             page.goto(
                 f"{base}/#/experiments/{parent.experiment_id}/runs/{parent.run_id}/artifacts/listening.html"

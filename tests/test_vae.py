@@ -256,6 +256,7 @@ class _LinearDecoder(torch.nn.Module):
         return torch.tanh(self.up(latents))
 
 
+@pytest.mark.slow
 def test_compiled_step_computes_what_the_eager_step_does(speech_batch):
     """The compiled path (StepSettings(compile=True); CUDA graphs on a GPU) computes the same step:
     from the same weights, batch and noise, the same loss terms and the same gradients.
