@@ -76,11 +76,17 @@ def mlflow_client(uri: str) -> MlflowClient:
     return MlflowClient(uri)
 
 
+# How long the check waits for a server that took the connection to answer. A wrong address is refused
+# at once whatever this is; a server still starting takes connections before it answers: `mlflow server`
+# answered its first request 5.1 s after its port opened, on two idle cores.
+CHECK_TIMEOUT_S = 20
+
+
 @contextmanager
 def _fail_fast_http():
     """No retry storm while checking a server: MLflow retries HTTP for minutes by default."""
     saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(CHECK_TIMEOUT_S))
     try:
         yield
     finally:

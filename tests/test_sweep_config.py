@@ -236,6 +236,39 @@ def test_unreachable_mlflow_fails_fast(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "data").exists()  # failed before the corpus or the cache were made
 
 
+def test_a_server_that_takes_seconds_to_answer_is_reachable():
+    """A server that has taken the connection but answers only after 6 s (as `mlflow server` does while
+    its workers start) passes the check; a refused address fails at once (the test above)."""
+    import http.server
+    import json
+    import threading
+    import time
+
+    from sweep.tracking import check_reachable
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # search_experiments
+            time.sleep(6)
+            body = json.dumps({"experiments": []}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        started = time.monotonic()
+        check_reachable(f"http://127.0.0.1:{server.server_address[1]}")
+        assert time.monotonic() - started >= 6
+    finally:
+        server.shutdown()
+
+
 def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["--space", "beta_dim", "--search", "grid", "--dry-run"]) == 0
