@@ -156,10 +156,10 @@ def test_two_node_sweep_survives_losing_a_node(two_nodes, tmp_path):
         "a checkpointed trial training on the second node",
         logs=(tmp_path / "driver.log",),
     )
-    assert driver.poll() is None, (where_trials_ran(), (tmp_path / "driver.log").read_text()[-3000:])
+    assert driver.poll() is None, (where_trials_ran(), _tail(tmp_path / "driver.log"))
     os.killpg(second.pid, signal.SIGTERM)  # the second node goes away mid-sweep
     second.wait(timeout=60)
-    assert driver.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-4000:]
+    assert driver.wait(timeout=600) == 0, _tail(tmp_path / "driver.log", 4000)
 
     results = trial_reports(experiment)
     assert len(results) == 4
@@ -240,8 +240,8 @@ def test_mlflow_going_away_mid_sweep_loses_nothing(tmp_path):
     assert driver.poll() is None, f"the driver ended before a train/loss reached MLflow:\n{_tail(driver_log)}"
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=30)
-    assert driver.wait(timeout=900) == 0, (work / "driver.log").read_text()[-3000:]
-    assert "python -m sweep.sync away" in (work / "driver.log").read_text()
+    assert driver.wait(timeout=900) == 0, _tail(driver_log)
+    assert "python -m sweep.sync away" in driver_log.read_text()
 
     server = _start_server(port, tmp_path)  # back, same store
     try:
